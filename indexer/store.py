@@ -1,0 +1,393 @@
+"""The store: the one contract between the indexer (which writes it) and the service (which reads it).
+
+    <store>/CURRENT              the live version's id; replaced atomically to publish
+    <store>/versions/<id>/       one complete, immutable index:
+        manifest.json            format, model, chunker settings, counts, created time
+        documents.jsonl          {"doc_id", "title", "source", "text", "metadata", "sha256"} a line
+        chunks.jsonl             {"chunk_id", "doc_id", "start", "end", "sentences", "hash"} a line;
+                                 chunk_id is the row in index.faiss, sentences are [start, end] pairs
+        files.json               the files each document came from, with size and mtime (for reuse)
+        index.faiss              inner-product index of the normalised chunk vectors
+        bm25/                    bm25s index and its tokenizer's vocabulary, over the same texts
+    <store>/cache/embeddings.sqlite   vectors keyed by (model, sha256 of the embedded text)
+    <store>/.lock                held by the one indexer that may write
+
+A version is written under versions/.tmp-<id>, flushed, renamed, and only then published by
+replacing CURRENT, so a crash at any moment leaves the previous version live and intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+TMP_PREFIX = ".tmp-"
+
+
+class StoreError(Exception):
+    pass
+
+
+class ModelMismatchError(StoreError):
+    pass
+
+
+class StoreBusyError(StoreError):
+    pass
+
+
+class NoVersionError(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    doc_id: str
+    title: str
+    source: str
+    text: str
+    metadata: dict[str, Any]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    chunk_id: int
+    doc_id: str
+    start: int
+    end: int
+    sentences: tuple[tuple[int, int], ...]
+    hash: str  # sha256 of the text that was embedded (title prefix + chunk text)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str  # absolute
+    root: str  # absolute; ids are relative to it
+    size: int
+    mtime_ns: int
+    doc_ids: tuple[str, ...]
+
+
+@dataclass
+class VersionData:
+    """Everything a version holds, in memory, before it is written."""
+
+    manifest: dict[str, Any]
+    documents: list[DocumentRecord]
+    chunks: list[ChunkRecord]
+    files: list[FileRecord]
+    vectors: np.ndarray
+    bm25_texts: list[str] = field(default_factory=list)
+
+
+def document_sha256(title: str, source: str, text: str, metadata: dict[str, Any]) -> str:
+    payload = json.dumps([title, source, text, metadata], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+
+def versions_dir(store: Path) -> Path:
+    return store / "versions"
+
+
+def current_version_id(store: Path) -> str | None:
+    try:
+        value = (store / "CURRENT").read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return value or None
+
+
+def new_version_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+@contextmanager
+def writer_lock(store: Path, wait_seconds: float) -> Iterator[None]:
+    """Only one indexer writes a store at a time; a second one waits, then fails clearly."""
+    from filelock import FileLock, Timeout
+
+    store.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(store / ".lock"))
+    try:
+        lock.acquire(timeout=wait_seconds)
+    except Timeout as exc:
+        raise StoreBusyError(
+            f"another ragqa-index is writing to {store} (waited {wait_seconds:g}s for its lock); "
+            "run again when it has finished"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def write_version(store: Path, version_id: str, data: VersionData) -> Path:
+    """Write a complete version next to the live one and flush it; not yet published."""
+    import faiss
+
+    final = versions_dir(store) / version_id
+    tmp = versions_dir(store) / f"{TMP_PREFIX}{version_id}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    _write_jsonl(tmp / "documents.jsonl", (asdict(d) for d in data.documents))
+    _write_jsonl(tmp / "chunks.jsonl", (_chunk_row(c) for c in data.chunks))
+    _write_json(tmp / "files.json", {"files": [asdict(f) for f in data.files]})
+
+    vectors = np.ascontiguousarray(data.vectors, dtype=np.float32)
+    index = faiss.IndexFlatIP(int(data.manifest["model"]["dimension"]))
+    if len(vectors):
+        index.add(vectors)
+    faiss.write_index(index, str(tmp / "index.faiss"))
+    _fsync_file(tmp / "index.faiss")
+
+    _write_bm25(tmp / "bm25", data.bm25_texts)
+    _write_json(tmp / "manifest.json", data.manifest)  # last: a version without one is incomplete
+    _fsync_dir(tmp)
+    os.replace(tmp, final)
+    _fsync_dir(versions_dir(store))
+    return final
+
+
+def publish(store: Path, version_id: str) -> None:
+    """Make `version_id` live: one atomic replace of CURRENT."""
+    tmp = store / "CURRENT.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(version_id + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, store / "CURRENT")
+    _fsync_dir(store)
+
+
+def remove_old_versions(store: Path, keep: Iterable[str]) -> list[str]:
+    """Delete every version but `keep`, and any half-written one (the caller holds the lock)."""
+    keep = set(keep)
+    removed = []
+    folder = versions_dir(store)
+    if not folder.exists():
+        return removed
+    for entry in folder.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
+def _chunk_row(chunk: ChunkRecord) -> dict[str, Any]:
+    row = asdict(chunk)
+    row["sentences"] = [list(s) for s in chunk.sentences]
+    return row
+
+
+def _write_bm25(folder: Path, texts: list[str]) -> None:
+    import bm25s
+    from bm25s.tokenization import Tokenizer
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+    tokenizer = Tokenizer(stopwords="en", lower=True)
+    tokens = tokenizer.tokenize(texts, return_as="ids", show_progress=False)
+    retriever = bm25s.BM25()
+    retriever.index(tokens, show_progress=False)
+    retriever.save(str(folder))
+    tokenizer.save_vocab(str(folder))
+    tokenizer.save_stopwords(str(folder))
+    for path in folder.iterdir():
+        _fsync_file(path)
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False))
+            fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(value, fh, ensure_ascii=False, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync_file(path)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_manifest(version_path: Path) -> dict[str, Any]:
+    try:
+        with open(version_path / "manifest.json", encoding="utf-8") as fh:
+            manifest: dict[str, Any] = json.load(fh)
+    except FileNotFoundError as exc:
+        raise StoreError(f"{version_path} is not a complete version (no manifest.json)") from exc
+    if manifest.get("format") != FORMAT_VERSION:
+        raise StoreError(
+            f"{version_path} has store format {manifest.get('format')!r}; this ragqa reads format "
+            f"{FORMAT_VERSION}. Rebuild the store with ragqa-index --rebuild."
+        )
+    return manifest
+
+
+def check_model(store: Path, manifest: dict[str, Any], model_name: str) -> None:
+    built_with = manifest["model"]["name"]
+    if built_with != model_name:
+        raise ModelMismatchError(
+            f"the store {store} was built with the embedding model {built_with!r} "
+            f"({manifest['model']['dimension']} dimensions), but the configured model is "
+            f"{model_name!r}. Either configure RAGQA_MODEL={built_with!r}, or rebuild the store "
+            f"for the new model: ragqa-index --rebuild --store {store} PATH..."
+        )
+
+
+@dataclass
+class Version:
+    """One published version, read back: what the service serves and the indexer builds on."""
+
+    store: Path
+    version_id: str
+    path: Path
+    manifest: dict[str, Any]
+    documents: dict[str, DocumentRecord]
+    chunks: list[ChunkRecord]
+    files: list[FileRecord]
+
+    def chunk_text(self, chunk: ChunkRecord) -> str:
+        return self.documents[chunk.doc_id].text[chunk.start : chunk.end]
+
+    def load_faiss(self) -> Any:
+        import faiss
+
+        return faiss.read_index(str(self.path / "index.faiss"))
+
+    def bm25_folder(self) -> Path:
+        return self.path / "bm25"
+
+
+def open_version(store: Path, model_name: str | None = None, version_id: str | None = None) -> Version:
+    """Read the live version (or `version_id`); with `model_name`, refuse one built with another model."""
+    version_id = version_id or current_version_id(store)
+    if version_id is None:
+        raise NoVersionError(f"no index in {store} yet: run ragqa-index first")
+    path = versions_dir(store) / version_id
+    manifest = read_manifest(path)
+    if model_name is not None:
+        check_model(store, manifest, model_name)
+    documents = {}
+    for row in _read_jsonl(path / "documents.jsonl"):
+        documents[row["doc_id"]] = DocumentRecord(**row)
+    chunks = [
+        ChunkRecord(
+            chunk_id=row["chunk_id"],
+            doc_id=row["doc_id"],
+            start=row["start"],
+            end=row["end"],
+            sentences=tuple((s, e) for s, e in row["sentences"]),
+            hash=row["hash"],
+        )
+        for row in _read_jsonl(path / "chunks.jsonl")
+    ]
+    with open(path / "files.json", encoding="utf-8") as fh:
+        files = [FileRecord(**{**f, "doc_ids": tuple(f["doc_ids"])}) for f in json.load(fh)["files"]]
+    return Version(store, version_id, path, manifest, documents, chunks, files)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+# --- embedding cache -------------------------------------------------------------------------
+
+
+class EmbeddingCache:
+    """Vectors keyed by (model, sha256 of the embedded text), shared by every version of a store.
+
+    SQLite keeps each write atomic, so vectors saved before a crash are reused by the next run."""
+
+    def __init__(self, store: Path) -> None:
+        folder = store / "cache"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(folder / "embeddings.sqlite")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS embeddings ("
+            " model TEXT NOT NULL, hash TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model, hash))"
+        )
+        self.db.commit()
+
+    def get_many(self, model: str, hashes: Iterable[str], dimension: int) -> dict[str, np.ndarray]:
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[str, np.ndarray] = {}
+        for at in range(0, len(wanted), 500):
+            part = wanted[at : at + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT hash, vector FROM embeddings WHERE model = ? AND hash IN ({marks})", [model, *part]
+            )
+            for key, blob in rows:
+                vector = np.frombuffer(blob, dtype=np.float32)
+                if vector.shape == (dimension,):
+                    found[key] = vector
+        return found
+
+    def put_many(self, model: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO embeddings (model, hash, vector) VALUES (?, ?, ?)",
+                [(model, key, np.asarray(v, dtype=np.float32).tobytes()) for key, v in items],
+            )
+
+    def keep_only(self, model: str, hashes: set[str]) -> int:
+        """Forget vectors that no kept version uses, so the cache does not grow without end."""
+        stale = [
+            (model, key)
+            for (key,) in self.db.execute("SELECT hash FROM embeddings WHERE model = ?", [model])
+            if key not in hashes
+        ]
+        with self.db:
+            self.db.executemany("DELETE FROM embeddings WHERE model = ? AND hash = ?", stale)
+            self.db.execute("DELETE FROM embeddings WHERE model != ?", [model])
+        return len(stale)
+
+    def close(self) -> None:
+        self.db.close()

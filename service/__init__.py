@@ -1,0 +1,1 @@
+"""ragqa's service: retrieval and cited answers over the store, over HTTP."""
