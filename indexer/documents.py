@@ -7,10 +7,13 @@ entry with the reason; it never stops the run.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import stat
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -73,7 +76,7 @@ def discover(paths: list[Path]) -> tuple[list[SourceFile], list[Skipped]]:
             candidates: Iterator[Path] = iter([given])
             root = given.parent
         else:
-            candidates = _walk(given)
+            candidates = _walk(given, skipped)
             root = given
         for path in candidates:
             if path.suffix.lower() in SUPPORTED_SUFFIXES:
@@ -83,8 +86,13 @@ def discover(paths: list[Path]) -> tuple[list[SourceFile], list[Skipped]]:
     return found, skipped
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder):
+def _walk(folder: Path, skipped: list[Skipped]) -> Iterator[Path]:
+    def unlisted(exc: OSError) -> None:
+        skipped.append(
+            Skipped(str(exc.filename or folder), f"folder cannot be listed: {exc.strerror or exc}")
+        )
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
@@ -94,7 +102,12 @@ def _walk(folder: Path) -> Iterator[Path]:
 def load(source: SourceFile, max_bytes: int) -> Loaded:
     """Read one file into documents. Raises LoadError with the reason when nothing can be used."""
     try:
-        size = source.path.stat().st_size
+        info = source.path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise LoadError("is a directory")
+        if not stat.S_ISREG(info.st_mode):  # reading a named pipe would block the run forever
+            raise LoadError("not a regular file (a pipe, socket or device)")
+        size = info.st_size
         if size > max_bytes:
             raise LoadError(f"file too large ({size} bytes; the limit is {max_bytes})")
         data = source.path.read_bytes()
@@ -138,10 +151,65 @@ def decode_text(data: bytes) -> str:
     has_bom = data.startswith((b"\xff\xfe", b"\xfe\xff"))
     if b"\x00" in data[:8192] and not has_bom:
         raise LoadError("binary file (not text)")
-    best = charset_normalizer.from_bytes(data).best()
-    if best is None:
+    # Without a BOM, UTF-16/32 text has NULs (refused above): such a guess misreads short legacy text.
+    readings = [
+        str(match)
+        for match in charset_normalizer.from_bytes(data)
+        if has_bom or not match.encoding.startswith(("utf_16", "utf_32"))
+    ]
+    if not readings:
         raise LoadError("binary file or unknown text encoding")
-    return str(best)
+    if has_bom or not _is_latin(readings[0]):
+        return readings[0]
+    # charset-normalizer cannot tell the single-byte Latin code pages apart (it reads French cp1252 as
+    # cp1257: "Déją vu"): take the reading whose accented letters one language actually writes, in
+    # its order on a tie; cp1252, the usual legacy encoding, is a candidate even when it dropped it.
+    with contextlib.suppress(UnicodeDecodeError):
+        readings.append(data.decode("cp1252"))
+    return max(readings, key=_language_fit)
+
+
+# The letters beyond ASCII that Latin-script languages write.
+_LATIN_ALPHABETS = (
+    "àâæçéèêëîïôœùûüÿ",  # French
+    "äöüß",  # German
+    "áéíñóúü",  # Spanish
+    "àáâãçéêíóôõú",  # Portuguese
+    "àèéìíîòóù",  # Italian
+    "àçèéíïòóúü",  # Catalan
+    "áäéëèïóöü",  # Dutch
+    "åäöé",  # Swedish, Finnish
+    "æøåéó",  # Danish, Norwegian
+    "áðéíóúýþæö",  # Icelandic
+    "ąćęłńóśźż",  # Polish
+    "áčďéěíňóřšťúůýž",  # Czech
+    "áäčďéíĺľňóôŕšťúýž",  # Slovak
+    "áéíóöőúüű",  # Hungarian
+    "čćđšž",  # Croatian, Slovene, Bosnian
+    "ăâîșțşţ",  # Romanian
+    "ąčęėįšųūž",  # Lithuanian
+    "āčēģīķļņšūž",  # Latvian
+    "äõöüšž",  # Estonian
+    "çğıöşü",  # Turkish
+)
+
+
+def _is_latin(text: str) -> bool:
+    return all(
+        unicodedata.name(c, "").startswith("LATIN") for c in set(text) if c.isalpha() and not c.isascii()
+    )
+
+
+def _language_fit(text: str) -> float:
+    """The share of the accented letters (and combining accents) in `text` one language's alphabet holds."""
+    counts: dict[str, int] = {}
+    for char in text[:100_000].lower():
+        if not char.isascii() and (char.isalpha() or unicodedata.combining(char)):
+            counts[char] = counts.get(char, 0) + 1
+    if not counts:
+        return 1.0
+    total = sum(counts.values())
+    return max(sum(n for c, n in counts.items() if c in alphabet) for alphabet in _LATIN_ALPHABETS) / total
 
 
 def _normalise_newlines(text: str) -> str:
@@ -195,6 +263,10 @@ def _load_markdown(data: bytes) -> tuple[str, str, dict[str, Any]]:
 def _json_safe(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
     try:
         json.dumps(value)
         return value
@@ -202,19 +274,29 @@ def _json_safe(value: Any) -> Any:
         return str(value)
 
 
-_BLOCK_TAGS = (
-    "address article aside blockquote dd details dialog div dl dt fieldset figcaption figure footer "
-    "form h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section summary table tr ul caption"
-).split()
+# fmt: off
+_BLOCK_TAGS = [
+    "address", "article", "aside", "blockquote", "dd", "details", "dialog", "div", "dl", "dt", "fieldset",
+    "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li",
+    "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tr", "ul", "caption",
+]
+# fmt: on
 
 
 def _load_html(data: bytes) -> tuple[str, str, dict[str, Any]]:
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, NavigableString
 
     soup = BeautifulSoup(decode_text(data), "lxml")
     title = soup.title.get_text() if soup.title else ""
+    metadata: dict[str, Any] = {}
+    description = soup.find("meta", attrs={"name": "description"})  # in <head>: read it before dropping that
+    if description is not None and description.get("content"):
+        metadata["description"] = str(description["content"])
     for tag in soup(["script", "style", "noscript", "template", "head", "svg"]):
         tag.decompose()
+    for string in soup.find_all(string=True):  # a line break in the source is a space, except in <pre>
+        if type(string) is NavigableString and string.find_parent(["pre", "textarea"]) is None:
+            string.replace_with(re.sub(r"\s+", " ", string))
     for tag in soup.find_all("br"):
         tag.replace_with("\n")
     for tag in soup.find_all(["td", "th"]):
@@ -225,10 +307,6 @@ def _load_html(data: bytes) -> tuple[str, str, dict[str, Any]]:
     if not title:
         heading = soup.find("h1")
         title = heading.get_text() if heading else ""
-    metadata: dict[str, Any] = {}
-    description = soup.find("meta", attrs={"name": "description"})
-    if description is not None and description.get("content"):
-        metadata["description"] = str(description["content"])
     return title, _tidy_whitespace(soup.get_text()), metadata
 
 
@@ -298,7 +376,12 @@ def _load_docx(data: bytes) -> tuple[str, str, dict[str, Any]]:
     for item in document.iter_inner_content():
         if isinstance(item, Table):
             for row in item.rows:
-                cells = [cell.text.strip() for cell in row.cells]
+                row_cells = row.cells  # a merged cell is listed once per grid column it spans: keep one
+                cells = [
+                    c.text.strip()
+                    for i, c in enumerate(row_cells)
+                    if i == 0 or c._tc is not row_cells[i - 1]._tc
+                ]
                 if any(cells):
                     blocks.append(" | ".join(cells))
             continue
@@ -323,7 +406,8 @@ def _load_jsonl(data: bytes, source: SourceFile) -> Loaded:
     loaded = Loaded()
     seen: set[str] = set()
     text = decode_text(data)
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: splitlines() would also cut at U+2028, U+0085... that JSON strings may hold.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{source.path}:{number}"
