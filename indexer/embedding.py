@@ -86,7 +86,7 @@ class Embedder:
         self,
         texts: Sequence[str],
         on_slab: Callable[[list[int], np.ndarray], None],
-        slab_size: int = 512,
+        slab_size: int = 128,
     ) -> None:
         """Encode longest first, in slabs, calling `on_slab(indices, vectors)` after each one so that
         the caller can save work as it goes (a run that is killed keeps what it had embedded)."""
