@@ -46,10 +46,17 @@ def split_sentences(text: str) -> list[Span]:
         for sentence in paragraph:
             if sentence:
                 starts.append(sentence[0].offset)
+    # syntok skips U+200B as white space, Python does not: keep what comes before the first token.
+    lead = len(text) - len(text.lstrip())
+    if lead < len(text):
+        starts[:1] = [min(starts[0], lead) if starts else lead]
     spans: list[Span] = []
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else len(text)
-        end = start + len(text[start:end].rstrip())
+        sentence = text[start:end]
+        # syntok takes U+001C..U+001F for text, Python for white space: trim both ends alike.
+        start += len(sentence) - len(sentence.lstrip())
+        end = start + len(sentence.strip())
         if end > start:
             spans.append((start, end))
     return spans
@@ -62,12 +69,15 @@ class Chunker:
         self.special_tokens = len(tokenizer("", add_special_tokens=True)["input_ids"])
 
     def embed_prefix(self, title: str) -> str:
-        """The title as it is embedded in front of every chunk (cut to MAX_TITLE_TOKENS)."""
-        if not self.settings.embed_title or not title.strip():
+        """The title as it is embedded in front of every chunk (cut to MAX_TITLE_TOKENS, or less)."""
+        # At most MAX_TITLE_TOKENS, and never more than half of the window left after the special tokens:
+        # a long title must not leave a small window too little room for the chunk.
+        limit = min(MAX_TITLE_TOKENS, (self.settings.max_tokens - self.special_tokens) // 2)
+        if not self.settings.embed_title or not title.strip() or limit < 1:
             return ""
         offsets = self._offsets(title)
-        if len(offsets) > MAX_TITLE_TOKENS:
-            title = title[: offsets[MAX_TITLE_TOKENS - 1][1]]
+        if len(offsets) > limit:
+            title = title[: offsets[limit - 1][1]]
         return title + "\n"
 
     def embed_text(self, title: str, chunk_text: str) -> str:
@@ -103,25 +113,34 @@ class Chunker:
             if last - first <= budget:
                 units.append((s, e))
                 continue
-            for piece in range(first, last, budget):
+            piece = first
+            while piece < last:
                 piece_start = s if piece == first else starts[piece]
-                following = piece + budget
-                piece_end = e if following >= last else starts[following]
-                piece_end = piece_start + len(text[piece_start:piece_end].rstrip())
+                following = min(piece + budget, last)
+                while True:
+                    piece_end = e if following >= last else starts[following]
+                    piece_end = piece_start + len(text[piece_start:piece_end].rstrip())
+                    # A piece that starts inside a word can take more word pieces alone than it had in
+                    # place (no fixed margin is enough): check it, and give back tokens until it fits.
+                    if following - piece <= 1 or self._tokens(text[piece_start:piece_end]) <= budget:
+                        break
+                    following -= 1
                 if piece_end > piece_start:
                     units.append((piece_start, piece_end))
+                piece = following
         return units
 
     def _pack(self, text: str, prefix: str, units: list[Span], counts: list[int], budget: int) -> list[Chunk]:
         chunks: list[Chunk] = []
         i, n = 0, len(units)
+        new = 1  # every chunk takes the units before `new`: at least one no earlier chunk has had
         while i < n:
             j, used = i, 0
-            while j < n and (j == i or used + counts[j] <= budget):
+            while j < n and (j < new or used + counts[j] <= budget):
                 used += counts[j]
                 j += 1
             # The count above adds up sentences tokenized in place; check what is really embedded.
-            while j - i > 1 and self._embedded_tokens(prefix + text[units[i][0] : units[j - 1][1]]) > (
+            while j > new and self._embedded_tokens(prefix + text[units[i][0] : units[j - 1][1]]) > (
                 self.settings.max_tokens
             ):
                 j -= 1
@@ -129,12 +148,19 @@ class Chunker:
             if j >= n:
                 break
             # Start the next chunk up to `overlap` sentences back, as far back as still lets it
-            # take the next new sentence: overlap never costs progress.
+            # take the next new sentence: overlap never costs progress. Checked as embedded: a piece
+            # cut inside a word can take more word pieces than counted in place.
             k = max(i + 1, j - self.settings.overlap_sentences)
-            while k < j and sum(counts[k:j]) + counts[j] > budget:
+            while k < j and self._embedded_tokens(prefix + text[units[k][0] : units[j][1]]) > (
+                self.settings.max_tokens
+            ):
                 k += 1
-            i = k
+            i, new = k, j + 1
         return chunks
+
+    def _tokens(self, text: str) -> int:
+        encoded = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)
+        return len(encoded["input_ids"])
 
     def _embedded_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -66,9 +66,11 @@ class Embedder:
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
         dimension = self.model.get_embedding_dimension()
-        if dimension is None:
-            raise ModelLoadError(f"the model {name!r} does not say its embedding dimension")
-        self.info = ModelInfo(name=name, dimension=int(dimension), max_seq_length=int(self.model.max_seq_length))
+        if dimension is None or self.model.max_seq_length is None:
+            raise ModelLoadError(f"the model {name!r} does not say its embedding dimension and window")
+        self.info = ModelInfo(
+            name=name, dimension=int(dimension), max_seq_length=int(self.model.max_seq_length)
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -110,7 +110,9 @@ def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False)
         st.publish(store, version_id)
         keep = {version_id} | ({previous.version_id} if previous else set())
         st.remove_old_versions(store, keep)
-        kept_hashes = {c.hash for c in data.chunks} | ({c.hash for c in previous.chunks} if previous else set())
+        kept_hashes = {c.hash for c in data.chunks} | (
+            {c.hash for c in previous.chunks} if previous else set()
+        )
         builder.cache.keep_only(settings.model, kept_hashes)
         builder.cache.close()
 
@@ -156,7 +158,9 @@ def _plan_documents(sources: list[SourceFile], previous: st.Version | None, max_
                 plan.skipped.append(Skipped(str(source.path), str(exc)))
                 continue
             except Exception as exc:  # a loader's library failing on odd input must not stop the run
-                plan.skipped.append(Skipped(str(source.path), f"could not be read: {type(exc).__name__}: {exc}"))
+                plan.skipped.append(
+                    Skipped(str(source.path), f"could not be read: {type(exc).__name__}: {exc}")
+                )
                 continue
             plan.skipped.extend(loaded.skipped)
             records = [_record(d) for d in loaded.documents]
@@ -164,7 +168,10 @@ def _plan_documents(sources: list[SourceFile], previous: st.Version | None, max_
         for record in records:
             if record.doc_id in seen:
                 plan.skipped.append(
-                    Skipped(str(source.path), f"duplicate document id {record.doc_id!r} (also in {seen[record.doc_id]})")
+                    Skipped(
+                        str(source.path),
+                        f"duplicate document id {record.doc_id!r} (also in {seen[record.doc_id]})",
+                    )
                 )
                 continue
             seen[record.doc_id] = str(source.path)
@@ -217,7 +224,9 @@ class _VersionBuilder:
         fingerprint = chunker_fingerprint(self.settings, info.max_seq_length)
         chunker = Chunker(
             embedder.tokenizer,
-            ChunkerSettings(max_tokens=fingerprint["max_tokens"], overlap_sentences=fingerprint["overlap_sentences"]),
+            ChunkerSettings(
+                max_tokens=fingerprint["max_tokens"], overlap_sentences=fingerprint["overlap_sentences"]
+            ),
         )
         reusable = self._reusable_chunks(fingerprint)
 
@@ -230,8 +239,9 @@ class _VersionBuilder:
                 if old is not None
                 else [(c.start, c.end, c.sentences) for c in chunker.chunk(document.text, document.title)]
             )
+            prefix = chunker.embed_prefix(document.title)
             for start, end, sentences in spans:
-                text = chunker.embed_text(document.title, document.text[start:end])
+                text = prefix + document.text[start:end]
                 chunks.append(
                     st.ChunkRecord(len(chunks), document.doc_id, start, end, sentences, st.text_sha256(text))
                 )
@@ -275,7 +285,11 @@ class _VersionBuilder:
 
             keys, todo = list(missing), list(missing.values())
             with tqdm(
-                total=len(todo), unit="chunk", desc="embedding", disable=not sys.stderr.isatty(), file=sys.stderr
+                total=len(todo),
+                unit="chunk",
+                desc="embedding",
+                disable=not sys.stderr.isatty(),
+                file=sys.stderr,
             ) as bar:
 
                 def save(indices: list[int], vectors: np.ndarray) -> None:

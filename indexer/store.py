@@ -188,7 +188,7 @@ def publish(store: Path, version_id: str) -> None:
 def remove_old_versions(store: Path, keep: Iterable[str]) -> list[str]:
     """Delete every version but `keep`, and any half-written one (the caller holds the lock)."""
     keep = set(keep)
-    removed = []
+    removed: list[str] = []
     folder = versions_dir(store)
     if not folder.exists():
         return removed
@@ -349,6 +349,10 @@ class EmbeddingCache:
         folder = store / "cache"
         folder.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(folder / "embeddings.sqlite")
+        # WAL: each slab's commit is still atomic and survives a killed process; only an OS crash can
+        # lose the last commits (never corrupt the file), and they are simply embedded again.
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS embeddings ("
             " model TEXT NOT NULL, hash TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model, hash))"

@@ -38,7 +38,9 @@ def write_corpus(folder: Path, documents: int, paragraphs: int = 3, seed: int = 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`ragqa-index ARGS` in a fresh interpreter, from the repository root."""
     return subprocess.run(
         [sys.executable, "-m", "indexer.cli", *map(str, args)],

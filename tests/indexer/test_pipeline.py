@@ -181,7 +181,9 @@ def test_a_store_built_with_another_model_is_a_clear_error_and_rebuild_fixes_it(
 
     report = run_index([repo / "corpus"], other, rebuild=True)
     assert report.embedded == report.chunks
-    assert st.open_version(store, model_name="all-MiniLM-L6-v2").manifest["model"]["name"] == "all-MiniLM-L6-v2"
+    assert (
+        st.open_version(store, model_name="all-MiniLM-L6-v2").manifest["model"]["name"] == "all-MiniLM-L6-v2"
+    )
 
 
 def test_a_model_given_as_a_local_folder_works(tmp_path, repo):

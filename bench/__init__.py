@@ -1,0 +1,1 @@
+"""Benchmarks for ragqa (run with `python -m bench.<name>`)."""

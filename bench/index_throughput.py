@@ -1,0 +1,438 @@
+"""Indexing throughput: a whole `run_index` into a fresh store against the bare model encode.
+
+    python -m bench.index_throughput [--corpus PATH] [--limit N] [--results DIR] [--no-breakdown]
+
+Indexes the corpus (by default ../shared/data/corpus/wiki-leads-10k.jsonl, next to the repo) into a
+fresh store in a temporary folder and times the whole in-process `run_index`. Then, in the same
+process and with the same loaded model, it times one bare `SentenceTransformer.encode` call over the
+very texts the indexer embedded (rebuilt from the store, in chunk order), with the same batch size
+and normalize_embeddings=True. The goal is an indexing rate of at least 0.90 of the bare encode rate.
+A second `run_index` over the unchanged corpus must embed nothing.
+
+The breakdown of the index time comes from timing wrappers put around the pipeline's stages for the
+duration of the run (a few microseconds a call); `--no-breakdown` leaves the code untouched.
+Results go to bench/results/index_throughput.{json,md} (or --results DIR); the Markdown table is
+printed as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from indexer import store as st
+from indexer.chunking import Chunker, ChunkerSettings
+from indexer.config import IndexSettings
+from indexer.embedding import load_embedder
+from indexer.pipeline import run_index
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = (REPO / ".." / "shared" / "data" / "corpus" / "wiki-leads-10k.jsonl").resolve()
+RESULTS = REPO / "bench" / "results"
+GOAL = 0.90
+WARMUP_TEXTS = 64
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def current_rss_mib() -> float | None:
+    """The resident set size now (Linux only)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time this process has used (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: other work on the machine skews the timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+@dataclass
+class StageTimers:
+    """Wall time spent in chosen functions, accumulated while `installed()` has them wrapped."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def _wrap(self, function: Callable[..., Any], label: str) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
+                self.calls[label] = self.calls.get(label, 0) + 1
+
+        return timed
+
+    @contextmanager
+    def installed(self, targets: list[tuple[Any, str, str]]) -> Iterator[None]:
+        """Wrap `owner.attribute` for each (owner, attribute, label); put the originals back after.
+        An attribute the code no longer has is left out (its stage then reports no calls)."""
+        present = [(owner, name, label) for owner, name, label in targets if hasattr(owner, name)]
+        originals = [(owner, name, getattr(owner, name)) for owner, name, _ in present]
+        try:
+            for owner, name, label in present:
+                setattr(owner, name, self._wrap(getattr(owner, name), label))
+            yield
+        finally:
+            for owner, name, original in reversed(originals):
+                setattr(owner, name, original)
+
+
+# Top-level stages do not nest in one another; the indented ones ("  of which") lie inside the
+# stage above them. What no stage covers (hashing chunk texts, building records, stacking
+# vectors, locking, publishing) is reported as "other".
+STAGES: list[tuple[str, str, str, bool]] = [
+    # (module or class path, attribute, label, top level)
+    ("indexer.pipeline", "discover", "discover files", True),
+    ("indexer.pipeline", "_plan_documents", "load + parse + hash documents", True),
+    ("indexer.chunking.Chunker", "chunk", "chunking", True),
+    ("indexer.chunking", "split_sentences", "  of which syntok sentence split", False),
+    ("indexer.chunking.Chunker", "_embedded_tokens", "  of which re-tokenizing packed chunks", False),
+    ("indexer.chunking.Chunker", "embed_text", "title prefix per chunk (embed_text)", True),
+    ("indexer.store.EmbeddingCache", "get_many", "embedding cache lookup (sqlite)", True),
+    ("indexer.embedding.Embedder", "encode", "model encode (Embedder.encode, a call a slab)", True),
+    ("indexer.store.EmbeddingCache", "put_many", "embedding cache writes (sqlite)", True),
+    ("indexer.store", "write_version", "write version", True),
+    ("indexer.store", "_write_jsonl", "  of which documents/chunks jsonl", False),
+    ("indexer.store", "_write_bm25", "  of which bm25 index", False),
+    ("indexer.store", "remove_old_versions", "remove old versions", True),
+    ("indexer.store.EmbeddingCache", "keep_only", "embedding cache pruning (sqlite)", True),
+]
+
+
+def _resolve(dotted: str) -> Any:
+    import importlib
+
+    module_name, _, class_name = dotted.rpartition(".")
+    if class_name[:1].isupper():
+        return getattr(importlib.import_module(module_name), class_name)
+    return importlib.import_module(dotted)
+
+
+def breakdown_rows(timers: StageTimers, total: float) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    covered = 0.0
+    for _, _, label, top in STAGES:
+        seconds = timers.seconds.get(label, 0.0)
+        covered += seconds if top else 0.0
+        rows.append({"stage": label, "seconds": round(seconds, 3), "calls": timers.calls.get(label, 0)})
+    rows.append({"stage": "other", "seconds": round(total - covered, 3), "calls": None})
+    for row in rows:
+        row["share"] = round(row["seconds"] / total, 4) if total else 0.0
+    return rows
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def limited_corpus(corpus: Path, limit: int, folder: Path) -> Path:
+    """The first `limit` documents of a jsonl corpus, written to a new file under `folder`."""
+    folder.mkdir(parents=True)
+    target = folder / corpus.name
+    kept = 0
+    with open(corpus, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as dst:
+        for line in src:
+            if kept >= limit:
+                break
+            if line.strip():
+                dst.write(line)
+                kept += 1
+    return target
+
+
+def embedded_texts(settings: IndexSettings) -> tuple[list[str], int]:
+    """The texts the indexer embedded, in chunk order, rebuilt from the store; and how many of them
+    do not hash to their chunk's recorded hash (must be 0)."""
+    version = st.open_version(settings.store)
+    fingerprint = version.manifest["chunker"]
+    chunker = Chunker(
+        load_embedder(settings.model, settings.batch_size).tokenizer,
+        ChunkerSettings(
+            max_tokens=fingerprint["max_tokens"], overlap_sentences=fingerprint["overlap_sentences"]
+        ),
+    )
+    prefixes = {doc_id: chunker.embed_prefix(d.title) for doc_id, d in version.documents.items()}
+    texts = [prefixes[c.doc_id] + version.chunk_text(c) for c in version.chunks]
+    mismatched = sum(1 for c, t in zip(version.chunks, texts, strict=True) if st.text_sha256(t) != c.hash)
+    return texts, mismatched
+
+
+def run(corpus: Path, limit: int | None, breakdown: bool) -> dict[str, Any]:
+    import sentence_transformers
+    import torch
+
+    rss_start = current_rss_mib()
+    measured_code = indexer_state()  # now, as the indexer modules are already imported
+    with tempfile.TemporaryDirectory(prefix="ragqa-bench-") as tmp:
+        source = limited_corpus(corpus, limit, Path(tmp) / "corpus") if limit else corpus
+        settings = IndexSettings.model_validate({"store": Path(tmp) / "store"})
+
+        # Warm up: load the model once (run_index gets the same object from load_embedder's cache)
+        # and encode a few real texts, so that neither side pays for loading or first calls.
+        embedder = load_embedder(settings.model, settings.batch_size)
+        with open(source, encoding="utf-8") as fh:
+            warm = [json.loads(line)["text"] for line, _ in zip(fh, range(WARMUP_TEXTS), strict=False)]
+        embedder.encode(warm)
+        rss_before = current_rss_mib()
+        peak_before = peak_rss_mib()
+        load = {"before_index": load_average()}
+
+        timers = StageTimers()
+        targets = [(_resolve(owner), name, label) for owner, name, label, _ in STAGES] if breakdown else []
+        print(f"indexing {source} into a fresh store ...", file=sys.stderr, flush=True)
+        with timers.installed(targets):
+            cpu, started = cpu_seconds(), time.perf_counter()
+            report = run_index([source], settings)
+            index_seconds = time.perf_counter() - started
+            index_cpu = cpu_seconds() - cpu
+        load["after_index"] = load_average()
+        peak_after_index = peak_rss_mib()
+
+        texts, mismatched = embedded_texts(settings)
+        print(f"bare encode of {len(texts)} chunk texts ...", file=sys.stderr, flush=True)
+        cpu, started = cpu_seconds(), time.perf_counter()
+        vectors = embedder.model.encode(
+            texts,
+            batch_size=settings.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        encode_seconds = time.perf_counter() - started
+        encode_cpu = cpu_seconds() - cpu
+        load["after_bare_encode"] = load_average()
+        del vectors
+        peak_after_encode = peak_rss_mib()
+
+        print("incremental run on the unchanged corpus ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        again = run_index([source], settings)
+        again_seconds = time.perf_counter() - started
+
+    index_rate = report.chunks / index_seconds
+    encode_rate = len(texts) / encode_seconds
+    ratio = index_rate / encode_rate
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "corpus": str(corpus),
+        "limit": limit,
+        "settings": {
+            "model": settings.model,
+            "batch_size": settings.batch_size,
+            "chunk_tokens": settings.chunk_tokens,
+            "chunk_overlap": settings.chunk_overlap,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_1min": load,
+            "indexer": measured_code,
+        },
+        "documents": report.documents,
+        "chunks": report.chunks,
+        "embedded": report.embedded,
+        "unique_texts": len(set(texts)),
+        "skipped": len(report.skipped),
+        "rebuilt_text_hash_mismatches": mismatched,
+        "index": {
+            "seconds": round(index_seconds, 3),
+            "chunks_per_s": round(index_rate, 2),
+            "report_seconds": report.seconds,
+            "cpu_seconds": round(index_cpu, 2),
+        },
+        "bare_encode": {
+            "seconds": round(encode_seconds, 3),
+            "chunks_per_s": round(encode_rate, 2),
+            "cpu_seconds": round(encode_cpu, 2),
+        },
+        "ratio": round(ratio, 4),
+        # Less sensitive to other work on the machine than the wall-clock ratio.
+        "cpu_ratio": round(encode_cpu / index_cpu, 4) if index_cpu else None,
+        "goal": GOAL,
+        "goal_met": ratio >= GOAL,
+        "breakdown": breakdown_rows(timers, index_seconds) if breakdown else None,
+        "memory_mib": {
+            "rss_at_start": _round(rss_start),
+            "rss_before_index": _round(rss_before),
+            "peak_rss_before_index": _round(peak_before),
+            "peak_rss_after_index": _round(peak_after_index),
+            "peak_rss_after_bare_encode": _round(peak_after_encode),
+        },
+        "incremental": {
+            "seconds": round(again_seconds, 3),
+            "embedded": again.embedded,
+            "published": again.published,
+            "ok": again.embedded == 0,
+        },
+    }
+
+
+def indexer_state() -> dict[str, Any]:
+    """Which indexer code was measured: the commit, files changed since, and the encode slab size."""
+    import inspect
+    import subprocess
+
+    from indexer.embedding import Embedder
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.rstrip()
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "changed": git("status", "--porcelain", "--", "indexer").splitlines(),
+        "slab_size": inspect.signature(Embedder.encode_in_slabs).parameters["slab_size"].default,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    index, bare, memory, incremental = (
+        result["index"],
+        result["bare_encode"],
+        result["memory_mib"],
+        result["incremental"],
+    )
+    settings, environment = result["settings"], result["environment"]
+    corpus = Path(result["corpus"]).name + (f" (first {result['limit']})" if result["limit"] else "")
+    goal = f"goal ≥ {result['goal']:.2f}: {'met' if result['goal_met'] else 'NOT met'}"
+    rows = [
+        ("corpus", corpus),
+        ("documents", f"{result['documents']:,}"),
+        ("chunks", f"{result['chunks']:,} ({result['unique_texts']:,} distinct texts)"),
+        ("model / batch size", f"{settings['model']} / {settings['batch_size']}"),
+        ("torch threads / CPUs", f"{environment['torch_threads']} / {environment['cpus']}"),
+        (
+            "1-min load average (before index / after index / after encode)",
+            " / ".join(str(v) for v in environment["load_average_1min"].values()),
+        ),
+        (
+            "run_index (fresh store)",
+            _timing(index),
+        ),
+        (
+            "bare model.encode",
+            _timing(bare),
+        ),
+        (
+            "ratio index / bare encode",
+            f"**{result['ratio']:.3f}** ({goal})",
+        ),
+        ("CPU-time ratio (bare encode CPU s / index CPU s)", f"{result['cpu_ratio']:.3f}"),
+        ("RSS before index (model loaded)", f"{memory['rss_before_index']} MiB"),
+        ("peak RSS after index", f"{memory['peak_rss_after_index']} MiB"),
+        ("peak RSS at the end", f"{memory['peak_rss_after_bare_encode']} MiB"),
+        (
+            "incremental run_index (unchanged)",
+            f"{incremental['seconds']:.2f} s, embedded {incremental['embedded']}"
+            f" ({'ok' if incremental['ok'] else 'FAILED: expected 0'})",
+        ),
+    ]
+    lines = ["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    if result["breakdown"]:
+        lines += ["", "| index stage | seconds | share | calls |", "|---|---:|---:|---:|"]
+        for row in result["breakdown"]:
+            calls = "" if row["calls"] is None else f"{row['calls']:,}"
+            lines.append(f"| {row['stage']} | {row['seconds']:.2f} | {row['share']:.1%} | {calls} |")
+    lines += ["", f"`{command}`"]
+    return "\n".join(lines)
+
+
+def _timing(measured: dict[str, Any]) -> str:
+    return (
+        f"{measured['seconds']:.1f} s, **{measured['chunks_per_s']:.1f} chunks/s**"
+        f" ({measured['cpu_seconds']:.0f} CPU s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.index_throughput",
+        description="Time run_index into a fresh store against the bare model encode of the same chunks.",
+    )
+    parser.add_argument(
+        "--corpus", type=Path, default=DEFAULT_CORPUS, help=f"jsonl corpus (default {DEFAULT_CORPUS})"
+    )
+    parser.add_argument("--limit", type=int, help="index only the first N documents (for a quick try)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
+    parser.add_argument("--no-breakdown", action="store_true", help="do not time the pipeline's stages")
+    args = parser.parse_args(argv)
+    if not args.corpus.is_file():
+        parser.error(
+            f"corpus not found: {args.corpus}. The default lives in ../shared/data/corpus next to the "
+            "repository, which a plain clone does not have; pass --corpus PATH to a .jsonl file."
+        )
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+
+    executable = Path(sys.executable)
+    if executable.is_relative_to(Path.cwd()):
+        executable = executable.relative_to(Path.cwd())
+    command = shlex.join([str(executable), "-m", "bench.index_throughput", *(argv or sys.argv[1:])])
+
+    # The bundled model is a local folder: never reach for a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    result = run(args.corpus.resolve(), args.limit, breakdown=not args.no_breakdown)
+    result["command"] = command
+    table = markdown(result, command)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "index_throughput.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (args.results / "index_throughput.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    print(f"\ncommand: {command}")
+    return 0 if result["incremental"]["ok"] and not result["rebuilt_text_hash_mismatches"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
