@@ -38,7 +38,7 @@ from indexer import store as st
 from indexer.chunking import Chunker, ChunkerSettings
 from indexer.config import IndexSettings
 from indexer.embedding import load_embedder
-from indexer.pipeline import run_index
+from indexer.pipeline import _relative, run_index
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = (REPO / ".." / "shared" / "data" / "corpus" / "wiki-leads-10k.jsonl").resolve()
@@ -125,9 +125,9 @@ STAGES: list[tuple[str, str, str, bool]] = [
     ("indexer.chunking.Chunker", "chunk", "chunking", True),
     ("indexer.chunking", "split_sentences", "  of which syntok sentence split", False),
     ("indexer.chunking.Chunker", "_embedded_tokens", "  of which re-tokenizing packed chunks", False),
-    ("indexer.chunking.Chunker", "embed_text", "title prefix per chunk (embed_text)", True),
+    ("indexer.chunking.Chunker", "embed_prefix", "title prefix (embed_prefix)", True),
     ("indexer.store.EmbeddingCache", "get_many", "embedding cache lookup (sqlite)", True),
-    ("indexer.embedding.Embedder", "encode", "model encode (Embedder.encode, a call a slab)", True),
+    ("indexer.embedding.Embedder", "encode_with_sentences", "model pass + sentence pooling (a call a slab)", True),
     ("indexer.store.EmbeddingCache", "put_many", "embedding cache writes (sqlite)", True),
     ("indexer.store", "write_version", "write version", True),
     ("indexer.store", "_write_jsonl", "  of which documents/chunks jsonl", False),
@@ -190,7 +190,11 @@ def embedded_texts(settings: IndexSettings) -> tuple[list[str], int]:
     )
     prefixes = {doc_id: chunker.embed_prefix(d.title) for doc_id, d in version.documents.items()}
     texts = [prefixes[c.doc_id] + version.chunk_text(c) for c in version.chunks]
-    mismatched = sum(1 for c, t in zip(version.chunks, texts, strict=True) if st.text_sha256(t) != c.hash)
+    mismatched = sum(
+        1
+        for c, t in zip(version.chunks, texts, strict=True)
+        if st.chunk_hash(t, _relative(c.sentences, c.start - len(prefixes[c.doc_id]))) != c.hash
+    )
     return texts, mismatched
 
 

@@ -9,6 +9,7 @@ the document text: `text[start:end]` is the chunk, and each sentence span lies i
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,9 @@ class ChunkerSettings:
     embed_title: bool = True
 
 
+_BREAK = re.compile(r"\n[^\S\n]*\n\s*|^#{1,6}[ \t][^\n]*\n\s*", re.MULTILINE)
+
+
 def split_sentences(text: str) -> list[Span]:
     """Sentence spans covering the text's non-blank content, trailing white space trimmed."""
     from syntok import segmenter
@@ -46,6 +50,9 @@ def split_sentences(text: str) -> list[Span]:
         for sentence in paragraph:
             if sentence:
                 starts.append(sentence[0].offset)
+    # A blank line, or the end of a Markdown heading line, always ends a sentence.
+    starts += [m.end() for m in _BREAK.finditer(text) if m.end() < len(text)]
+    starts = sorted(set(starts))
     # syntok skips U+200B as white space, Python does not: keep what comes before the first token.
     lead = len(text) - len(text.lstrip())
     if lead < len(text):

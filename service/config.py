@@ -1,0 +1,38 @@
+"""Service settings: the indexer's (store, model) plus serving, retrieval and answering knobs.
+
+Every setting is an environment variable with the RAGQA_ prefix and a default that works offline."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from indexer.config import IndexSettings
+
+
+class ServiceSettings(IndexSettings):
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535)
+    reload_interval: float = Field(1.0, gt=0, description="seconds between checks for a new index version")
+
+    # retrieval (the defaults are tuned on SQuAD 2.0 and NQ-open: docs/retrieval.md)
+    candidates: int = Field(10, ge=1, le=1000, description="hits taken from each retriever before fusion")
+    fusion: Literal["score", "rrf"] = Field("score", description="how the dense and BM25 lists are fused")
+    sentence_weight: float = Field(0.5, ge=0, le=1, description="score fusion: weight of the best sentence")
+    bm25_weight: float = Field(0.1, ge=0, description="score fusion: weight of the normalised BM25 score")
+    rrf_k: int = Field(60, ge=1, description="rrf fusion: the constant k")
+    dense_weight: float = Field(1.0, ge=0, description="rrf fusion: weight of the dense list")
+    rrf_bm25_weight: float = Field(1.0, ge=0, description="rrf fusion: weight of the BM25 list")
+    reranker: str | None = Field(None, description="local folder of a cross-encoder that reorders the hits")
+    rerank_depth: int = Field(20, ge=1, le=200, description="fused hits the cross-encoder scores")
+
+    # answering
+    answer_passages: int = Field(3, ge=1, le=50, description="top passages whose sentences may answer")
+    answer_sentences: int = Field(2, ge=1, le=10, description="most sentences in an extractive answer")
+    answer_margin: float = Field(0.1, ge=0, description="other sentences within this of the best one join it")
+    follow_margin: float = Field(0.15, ge=0, description="the sentence after the best one joins within this")
+    abstain_below: float = Field(0.5, description="best sentence score below which the service abstains")
+
+    # serving
+    max_batch: int = Field(32, ge=1, le=256, description="questions encoded together by one model call")

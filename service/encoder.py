@@ -1,0 +1,83 @@
+"""Question encoding shared by concurrent requests: one model call for every question waiting.
+
+A single worker thread owns the model. It takes the first waiting question and every other one that
+is already queued (up to `max_batch`) and encodes them together, so at low load a question waits for
+nobody and at high load sixteen questions cost little more than one. Recent questions are cached."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+
+import numpy as np
+
+from indexer.embedding import Embedder
+
+CACHE_SIZE = 4096
+
+
+class BatchingEncoder:
+    def __init__(self, embedder: Embedder, max_batch: int = 32) -> None:
+        self.embedder = embedder
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[str, Future[np.ndarray]] | None] = queue.SimpleQueue()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="ragqa-encoder", daemon=True)
+        self._thread.start()
+
+    async def encode(self, text: str) -> np.ndarray:
+        return await asyncio.wrap_future(self.submit(text))
+
+    def submit(self, text: str) -> Future[np.ndarray]:
+        future: Future[np.ndarray] = Future()
+        with self._lock:
+            cached = self._cache.get(text)
+            if cached is not None:
+                self._cache.move_to_end(text)
+        if cached is not None:
+            future.set_result(cached)
+        else:
+            self._queue.put((text, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            self._encode(batch)
+
+    def _encode(self, batch: list[tuple[str, Future[np.ndarray]]]) -> None:
+        texts = list(dict.fromkeys(text for text, _ in batch))
+        try:
+            vectors = dict(zip(texts, self.embedder.encode(texts), strict=True))
+        except Exception as exc:  # the model failing must fail these requests, not the worker
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        with self._lock:
+            for text, vector in vectors.items():
+                vector.setflags(write=False)
+                self._cache[text] = vector
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        for text, future in batch:
+            future.set_result(vectors[text])

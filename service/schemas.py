@@ -1,0 +1,99 @@
+"""Request and response models of the v1 HTTP API (the contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_QUESTION_CHARS = 2000
+MAX_TOP_K = 50
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Turn(Strict):
+    """One earlier exchange of the conversation."""
+
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=8000)
+
+
+class AskRequest(Strict):
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="passages to retrieve")
+    history: list[Turn] = Field(default_factory=list, max_length=20)
+    stream: bool = False
+
+
+class SearchRequest(Strict):
+    query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+
+
+class Passage(BaseModel):
+    chunk_id: int
+    doc_id: str
+    title: str
+    source: str
+    text: str
+    start: int
+    end: int
+    score: float
+    dense_rank: int | None = Field(None, description="rank in the dense (FAISS) list, 1-based")
+    bm25_rank: int | None = Field(None, description="rank in the BM25 list, 1-based")
+
+
+class Citation(BaseModel):
+    n: int
+    doc_id: str
+    title: str
+    source: str
+    excerpt: str
+    start: int
+    end: int
+    score: float
+
+
+class AskResponse(BaseModel):
+    question: str
+    answer: str
+    abstained: bool
+    confidence: float | None = Field(
+        None, description="score of the best answering sentence; the service abstains below its threshold"
+    )
+    citations: list[Citation]
+    passages: list[Passage]
+    index_version: str
+    timings_ms: dict[str, float]
+
+
+class SearchResponse(BaseModel):
+    results: list[Passage]
+    index_version: str
+
+
+class DocumentSummary(BaseModel):
+    doc_id: str
+    title: str
+    source: str
+    chunks: int
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentSummary]
+
+
+class DocumentDetail(BaseModel):
+    doc_id: str
+    title: str
+    source: str
+    text: str
+    metadata: dict[str, object]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: list[dict[str, object]] | None = None

@@ -1,0 +1,35 @@
+"""Words for the lexical parts of answering: lower-cased word tokens, English stopwords, idf."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+WORD = re.compile(r"\w+", re.UNICODE)
+STOPWORDS = frozenset(
+    "a an and are as at be been but by can could did do does for from had has have how i if in into is it "
+    "its me my of on or our she he so than that the their them then there these they this those to was we "
+    "were what when where which who whom whose why will with would you your about after also any more most "
+    "other such only own same some very just over under again further once here all both each few nor "
+    "not".split()
+)
+
+
+def words(text: str) -> set[str]:
+    return set(WORD.findall(text.lower()))
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in WORD.findall(text.lower()) if w not in STOPWORDS]
+
+
+def inverse_document_frequency(texts: Iterable[str]) -> dict[str, float]:
+    """Smoothed idf, log(1 + N / df), of every word in the texts."""
+    counts: dict[str, int] = {}
+    n = 0
+    for text in texts:
+        n += 1
+        for word in words(text):
+            counts[word] = counts.get(word, 0) + 1
+    return {word: math.log(1 + n / df) for word, df in counts.items()}

@@ -1,0 +1,102 @@
+"""`python -m service.eval` end to end on a tiny dataset: real indexing, the real service over real
+HTTP on 127.0.0.1, the real bundled model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DOCUMENTS = [
+    (
+        "alps#0",
+        "The Alps",
+        "The Alps are the highest mountain range in Europe. Mont Blanc rises to 4,806 metres.",
+    ),
+    (
+        "nile#0",
+        "Nile",
+        "The Nile flows north through eleven countries. It empties into the Mediterranean Sea.",
+    ),
+    (
+        "bees#0",
+        "Honey bee",
+        "Honey bees live in colonies ruled by a single queen. Workers gather nectar and pollen.",
+    ),
+    ("tea#0", "Tea", "Tea is brewed from the leaves of Camellia sinensis. It was first drunk in China."),
+    ("iron#0", "Iron", "Iron is a chemical element with the symbol Fe. Its atomic number is 26."),
+]
+QUESTIONS = [
+    ("q1", "How high is Mont Blanc?", ["4,806 metres"], "alps#0"),
+    ("q2", "Into which sea does the Nile empty?", ["Mediterranean Sea"], "nile#0"),
+    ("q3", "Who rules a honey bee colony?", ["a single queen"], "bees#0"),
+    ("q4", "What is the chemical symbol of iron?", ["Fe"], "iron#0"),
+]
+IMPOSSIBLE = [("q5", "How many moons does the Nile have?"), ("q6", "What colour is the queen of iron?")]
+FIGURES = [
+    ("retrieval", "recall@1"),
+    ("retrieval", "recall@5"),
+    ("retrieval", "recall@10"),
+    ("retrieval", "mrr@10"),
+    ("answers", "answer_hit_rate"),
+    ("answers", "abstained_on_answerable"),
+    ("answers", "citation_exactness"),
+    ("answers", "marker_consistency"),
+]
+
+
+def write_dataset(folder: Path) -> None:
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w") as out:
+        for doc_id, title, text in DOCUMENTS:
+            out.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    with (folder / "queries.jsonl").open("w") as out:
+        for qid, text, answers, _ in QUESTIONS:
+            out.write(
+                json.dumps({"_id": qid, "text": text, "answers": answers, "is_impossible": False}) + "\n"
+            )
+        for qid, text in IMPOSSIBLE:
+            out.write(json.dumps({"_id": qid, "text": text, "answers": [], "is_impossible": True}) + "\n")
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{qid}\t{doc}\t1" for qid, _, _, doc in QUESTIONS]
+    (folder / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+
+
+def test_eval_reports_every_figure_in_range(tmp_path: Path) -> None:
+    dataset = tmp_path / "tiny"
+    write_dataset(dataset)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "service.eval", str(dataset), "--json"]
+    command += ["--store", str(tmp_path / "store"), "--off-corpus", "3"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert result["dataset"] == "tiny"
+    assert result["sampled"] == {"answerable": 4, "unanswerable": 2, "off_corpus": 3}
+    assert result["figures"]["errors"] == 0
+    for group, name in FIGURES:
+        value = result["figures"][group][name]
+        assert value is not None and 0.0 <= value <= 1.0, (group, name, value)
+    assert result["figures"]["answers"]["citation_exactness"] == 1.0
+    for part in ("unanswerable_from_corpus", "off_corpus_synthetic", "combined"):
+        figures = result["figures"]["abstention"][part]
+        assert figures["recall"] is not None and 0.0 <= figures["recall"] <= 1.0
+        assert figures["precision"] is None or 0.0 <= figures["precision"] <= 1.0
+    for route in ("search", "ask"):
+        assert result["figures"]["latency_ms"][route]["p50"] > 0
+    assert result["index_version"]
+    assert "service.eval" in result["command"]
+    assert (tmp_path / "var" / "eval" / "results" / "tiny-all-0.json").is_file()
+
+
+def test_missing_dataset_exits_2_without_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service.eval", str(tmp_path / "absent")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "no dataset folder" in done.stderr and "Traceback" not in done.stderr
