@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 STORE ?= var/store
 
-.PHONY: setup index run test bench lint clean
+.PHONY: setup index run serve test eval bench lint clean
 
 setup: $(STAMP)
 
@@ -19,11 +19,23 @@ $(STAMP): pyproject.toml
 index: setup
 	$(BIN)/ragqa-index corpus --store $(STORE)
 
+run: index
+	$(BIN)/ragqa-serve --store $(STORE)
+
+serve: setup
+	$(BIN)/ragqa-serve --store $(STORE)
+
 test: setup
 	$(BIN)/python -m pytest
 
+EVAL_DATA ?= ../shared/data/eval
+eval: setup
+	$(BIN)/ragqa-eval $(EVAL_DATA)/squad2-dev --sample 1000 --seed 0
+	$(BIN)/ragqa-eval $(EVAL_DATA)/nq-open-dev --sample 1000 --seed 0
+
 bench: setup
 	$(BIN)/python -m bench.index_throughput
+	$(BIN)/python -m bench.serve_latency
 
 lint: setup
 	$(BIN)/ruff check indexer service tests bench

@@ -16,7 +16,7 @@ import numpy as np
 
 from service.index import LoadedIndex
 from service.retrieval import Hit
-from service.text import content_words, words
+from service.text import asks_why, content_words, words
 
 ABSTENTION = "The indexed documents do not answer this question."
 LEXICAL_WEIGHT = 0.3
@@ -83,9 +83,11 @@ def select(
     margin: float,
     follow_margin: float,
     threshold: float,
+    always_follow: bool = False,
 ) -> list[Sentence]:
     """The best sentence, the others nearly as good (within `margin`), and the sentence right after the
-    best one when it is within `follow_margin`: it often completes it (a reason, a definition).
+    best one when it is within `follow_margin` (always, with `always_follow`, for a why-question): it
+    often completes the best one with a reason or a definition.
     At most `most` sentences, in reading order; none when the best is below `threshold`."""
     if not sentences or sentences[0].score < threshold:
         return []
@@ -102,7 +104,9 @@ def select(
     )
     floor = max(threshold, best.score - margin)
     chosen = [best]
-    if following is not None and following.score >= max(threshold, best.score - follow_margin):
+    if following is not None and (
+        always_follow or following.score >= max(threshold, best.score - follow_margin)
+    ):
         chosen.append(following)
     chosen += [s for s in sentences[1:] if s.score >= floor and s is not following]
     return sorted(chosen[:most], key=lambda s: (s.passage_rank, s.doc_id, s.start))
@@ -145,7 +149,7 @@ def answer(
 ) -> Answer:
     sentences = score_sentences(index, vector, question, hits, idf)
     best = sentences[0].score if sentences else -math.inf
-    chosen = select(index, sentences, most_sentences, margin, follow_margin, threshold)
+    chosen = select(index, sentences, most_sentences, margin, follow_margin, threshold, asks_why(question))
     if not chosen:
         return Answer(ABSTENTION, True, [], best)
     text, citations = compose(index, chosen)

@@ -40,6 +40,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EVAL_ROOT = Path("var/eval")
 READY_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 120.0
+WARMUP_REQUESTS = 24  # untimed asks before measuring: a fresh service's first model calls are slow
 MARKER = re.compile(r"\[(\d+)\]")
 # Keys under which an ask response may carry its best sentence score (the v1 API has none yet).
 BEST_SCORE_KEYS = ("best_score", "best_sentence_score")
@@ -523,7 +524,8 @@ def render(result: dict[str, Any]) -> str:
     lines.append(
         "(abstention: positives are the questions to abstain on, negatives the answerable sample; "
         "latency is client-side wall time at the given concurrency, of the first request for a question "
-        "(the service caches question vectors); off-corpus questions are synthetic)"
+        f"(the service caches question vectors), after {WARMUP_REQUESTS} untimed warm-up asks; "
+        "off-corpus questions are synthetic)"
     )
     return "\n".join(lines)
 
@@ -587,6 +589,10 @@ def evaluate(args: argparse.Namespace, dataset: Dataset, url: str) -> dict[str, 
     limits = httpx.Limits(max_connections=args.concurrency * 2)
     with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT, limits=limits) as client:
         with ThreadPoolExecutor(args.concurrency) as pool:
+            warmup = [
+                f"Warm-up question {i}: what does the word number {i} mean?" for i in range(WARMUP_REQUESTS)
+            ]
+            list(pool.map(lambda text: client.post("/v1/ask", json={"question": text, "top_k": 10}), warmup))
             finished = list(pool.map(lambda o: run_one(client, o, search_k, 10), outcomes))
         cited = {c["doc_id"] for o in finished if o.ask for c in o.ask["citations"]}
         documents = fetch_documents(client, cited, args.concurrency)
@@ -599,6 +605,7 @@ def evaluate(args: argparse.Namespace, dataset: Dataset, url: str) -> dict[str, 
         "concurrency": args.concurrency,
         "search_top_k": search_k,
         "ask_top_k": 10,
+        "warmup_requests": WARMUP_REQUESTS,
         "available": {
             "answerable": sum(1 for q in dataset.questions if q.gold),
             "unanswerable": sum(1 for q in dataset.questions if q.impossible and not q.gold),

@@ -1,4 +1,4 @@
-"""Words for the lexical parts of answering: lower-cased word tokens, English stopwords, idf."""
+"""Words for the lexical parts of answering: lower-cased, truncated word tokens, stopwords, idf."""
 
 from __future__ import annotations
 
@@ -16,12 +16,22 @@ STOPWORDS = frozenset(
 )
 
 
+STEM = 6  # words are compared by their first six letters: "discuss" meets "discussions"
+
+
 def words(text: str) -> set[str]:
-    return set(WORD.findall(text.lower()))
+    return {w[:STEM] for w in WORD.findall(text.lower())}
 
 
 def content_words(text: str) -> list[str]:
-    return [w for w in WORD.findall(text.lower()) if w not in STOPWORDS]
+    return [w[:STEM] for w in WORD.findall(text.lower()) if w not in STOPWORDS]
+
+
+def asks_why(question: str) -> bool:
+    """A question after a reason: its answer is often the sentence after the one that restates it."""
+    return bool(
+        re.match(r"\W*(and\s+)?(why|what\s+(caused|led\s+to|made|is\s+the\s+reason))\b", question.lower())
+    )
 
 
 def inverse_document_frequency(texts: Iterable[str]) -> dict[str, float]:
