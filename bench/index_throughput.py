@@ -127,7 +127,12 @@ STAGES: list[tuple[str, str, str, bool]] = [
     ("indexer.chunking.Chunker", "_embedded_tokens", "  of which re-tokenizing packed chunks", False),
     ("indexer.chunking.Chunker", "embed_prefix", "title prefix (embed_prefix)", True),
     ("indexer.store.EmbeddingCache", "get_many", "embedding cache lookup (sqlite)", True),
-    ("indexer.embedding.Embedder", "encode_with_sentences", "model pass + sentence pooling (a call a slab)", True),
+    (
+        "indexer.embedding.Embedder",
+        "encode_with_sentences",
+        "model pass + sentence pooling (a call a slab)",
+        True,
+    ),
     ("indexer.store.EmbeddingCache", "put_many", "embedding cache writes (sqlite)", True),
     ("indexer.store", "write_version", "write version", True),
     ("indexer.store", "_write_jsonl", "  of which documents/chunks jsonl", False),

@@ -85,7 +85,9 @@ class Embedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def encode_with_sentences(self, texts: Sequence[str], spans: Sequence[Sequence[Span]]) -> list[np.ndarray]:
+    def encode_with_sentences(
+        self, texts: Sequence[str], spans: Sequence[Sequence[Span]]
+    ) -> list[np.ndarray]:
         """One model pass per text giving the text's vector and a vector for each of its sentences.
 
         Row 0 of each result is the text's own (pooled, normalised) embedding, exactly what `encode`
@@ -130,7 +132,9 @@ class Embedder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for at in range(0, len(order), slab_size):
             indices = order[at : at + slab_size]
-            on_slab(indices, self.encode_with_sentences([texts[i] for i in indices], [spans[i] for i in indices]))
+            on_slab(
+                indices, self.encode_with_sentences([texts[i] for i in indices], [spans[i] for i in indices])
+            )
 
 
 @lru_cache(maxsize=4)

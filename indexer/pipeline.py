@@ -59,7 +59,7 @@ class _Plan:
 
 def chunker_fingerprint(settings: IndexSettings, model_max_tokens: int) -> dict[str, Any]:
     return {
-        "splitter": f"syntok {importlib.metadata.version('syntok')}",
+        "splitter": f"syntok {importlib.metadata.version('syntok')}; blank lines and headings end sentences",
         "max_tokens": min(settings.chunk_tokens, model_max_tokens),
         "overlap_sentences": settings.chunk_overlap,
         "embed_title": True,
@@ -283,7 +283,9 @@ class _VersionBuilder:
             cached = known.get(chunk.hash)
             if cached is None or len(cached) != 1 + len(chunk.sentences):
                 prefix_length = len(text) - (chunk.end - chunk.start)
-                missing.setdefault(chunk.hash, (text, _relative(chunk.sentences, chunk.start - prefix_length)))
+                missing.setdefault(
+                    chunk.hash, (text, _relative(chunk.sentences, chunk.start - prefix_length))
+                )
         log.info("index.embed", extra={"chunks": len(chunks), "to_embed": len(missing)})
         if missing:
             from tqdm import tqdm

@@ -117,7 +117,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import faiss
+
+        # One query at a time needs no OpenMP team, and idle OpenMP threads spinning after a search
+        # take CPU from the model's threads.
+        faiss.omp_set_num_threads(1)
         embedder = load_embedder(settings.model, settings.batch_size)
+        embedder.encode(["warm up the model before the first question"])  # its first call costs seconds
         encoder = BatchingEncoder(embedder, settings.max_batch)
         reranker = load_reranker(settings.reranker) if settings.reranker else None
         parts["qa"] = qa.QAService(settings, holder, encoder, Retriever(settings, reranker))

@@ -80,9 +80,12 @@ class LoadedIndex:
         ids = self.bm25_tokenizer.tokenize([text], update_vocab=False, return_as="ids", show_progress=False)
         if not ids or not ids[0]:
             return []
-        k = min(k, len(self.version.chunks))
-        results, scores = self.bm25.retrieve(ids, k=k, show_progress=False, n_threads=1)
-        return [(int(c), float(s)) for c, s in zip(results[0], scores[0], strict=True) if s > 0]
+        # Scoring one query directly: bm25s.retrieve would start a thread pool for every call.
+        scores = self.bm25.get_scores_from_ids(ids[0])
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(c), float(scores[c])) for c in top if scores[c] > 0]
 
     def cosines(self, vector: np.ndarray, chunk_ids: list[int]) -> np.ndarray:
         return self.chunk_vectors[chunk_ids] @ vector

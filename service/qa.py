@@ -28,6 +28,7 @@ class SearchResult:
     index: LoadedIndex
     hits: list[Hit]
     timings_ms: dict[str, float]
+    vector: np.ndarray  # the query vector retrieval used (history blended in)
 
 
 @dataclass
@@ -55,16 +56,15 @@ class QAService:
         encoded = time.perf_counter()
         hits = self.retriever.search(index, vector, lexical_text, top_k)
         timings = {"encode": round((encoded - started) * 1000, 2), "retrieve": _ms(encoded)}
-        return SearchResult(index, hits, timings)
+        return SearchResult(index, hits, timings, vector)
 
     async def ask(self, question: str, top_k: int, history: list[Turn]) -> AskResult:
         depth = max(top_k, self.settings.answer_passages)
         result = await self.search(question, depth, history)
         started = time.perf_counter()
-        vector, _ = await self._query(question, history)  # cached by the encoder: no model call
         answer = answering.answer(
             result.index,
-            vector,
+            result.vector,
             question,
             result.hits[: self.settings.answer_passages],
             result.index.idf,
@@ -74,7 +74,7 @@ class QAService:
             self.settings.follow_margin,
         )
         result.timings_ms["answer"] = _ms(started)
-        return AskResult(result.index, result.hits[:top_k], result.timings_ms, answer)
+        return AskResult(result.index, result.hits[:top_k], result.timings_ms, result.vector, answer)
 
     async def _query(self, question: str, history: list[Turn]) -> tuple[np.ndarray, str]:
         previous = next((t.content for t in reversed(history) if t.role == "user"), None)
