@@ -41,11 +41,9 @@ import random
 import re
 import resource
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -54,11 +52,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import psutil
+
+from service.eval import RunningService, running_service
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = (REPO / ".." / "shared" / "data" / "corpus" / "wiki-leads-10k.jsonl").resolve()
@@ -179,65 +179,20 @@ def build_store(source: Path, store: Path) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    pid: int | None
-    command: list[str] | None = None
-    ready_seconds: float | None = None
+@contextmanager
+def started_server(store: Path) -> Iterator[RunningService]:
+    """The real service on a free port of 127.0.0.1, stopped on exit (shared with ragqa-eval)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    with running_service(store.resolve(), log_level="WARNING") as server:
+        print(f"started the server: {shlex.join(server.command or [])}", file=sys.stderr, flush=True)
+        yield server
 
 
 @contextmanager
-def started_server(store: Path) -> Iterator[Server]:
-    """The real service on a free port of 127.0.0.1, stopped on exit."""
-    port = free_port()
-    command = [sys.executable, "-m", "service.cli", "--store", str(store), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--log-level", "WARNING"]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    print(f"starting the server: {shlex.join(command)}", file=sys.stderr, flush=True)
-    with tempfile.TemporaryFile() as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"the server exited with code {process.returncode}:\n{_tail(log)}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the server was not ready within {READY_TIMEOUT:.0f} s:\n{_tail(log)}")
-                time.sleep(0.2)
-            yield Server(url, process.pid, command, round(time.perf_counter() - started, 1))
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@contextmanager
-def existing_server(url: str) -> Iterator[Server]:
+def existing_server(url: str) -> Iterator[RunningService]:
     """A server that already runs (--url); its pid is looked up for the CPU and memory figures."""
-    yield Server(url, listening_pid(url))
-
-
-def _tail(log: IO[bytes], lines: int = 30) -> str:
-    log.flush()
-    log.seek(0)
-    return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
+    yield RunningService(url, listening_pid(url))
 
 
 def listening_pid(url: str) -> int | None:
@@ -440,7 +395,7 @@ def body_for(route: str, question: str) -> dict[str, Any]:
 
 
 def run_phase(
-    server: Server, name: str, route: str, questions: list[str], concurrency: int, time_limit: float
+    server: RunningService, name: str, route: str, questions: list[str], concurrency: int, time_limit: float
 ) -> Phase:
     """Send each question once, from `concurrency` threads, each with its own keep-alive client;
     stop early (and say so) when `time_limit` seconds have passed."""

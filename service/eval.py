@@ -244,14 +244,24 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass
+class RunningService:
+    url: str
+    pid: int | None
+    command: list[str] | None = None
+    ready_seconds: float | None = None
+
+
 @contextmanager
-def running_service(store: Path) -> Iterator[str]:
-    """The real service (`python -m service.cli`) on a free port; stopped on exit."""
+def running_service(store: Path, log_level: str = "INFO") -> Iterator[RunningService]:
+    """The real service (`python -m service.cli`) on a free port of 127.0.0.1; stopped on exit."""
     port = free_port()
     command = [sys.executable, "-m", "service.cli", "--store", str(store), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", log_level]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=log)
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while True:
@@ -267,11 +277,11 @@ def running_service(store: Path) -> Iterator[str]:
                         f"the service was not ready within {READY_TIMEOUT:.0f} s:\n{_tail(log)}"
                     )
                 time.sleep(0.2)
-            yield url
+            yield RunningService(url, process.pid, command, round(time.perf_counter() - started, 1))
         finally:
             process.terminate()
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -672,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
             store = args.store or default_store(dataset)
             print(f"ragqa-eval: indexing {dataset.corpus} into {store}", file=sys.stderr, flush=True)
             build_store(dataset, store)
-            with running_service(store) as url:
+            with running_service(store) as service:
+                url = service.url
                 result = evaluate(args, dataset, url)
             result["store"] = str(store)
     except Exception as exc:  # a clear message, not a traceback, for a failed run
