@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
@@ -12,6 +12,12 @@ MAX_TOP_K = 50
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain more than white space")
+    return value
 
 
 class Turn(Strict):
@@ -23,14 +29,18 @@ class Turn(Strict):
 
 class AskRequest(Strict):
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="passages to retrieve")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, strict=True, description="passages to retrieve")
     history: list[Turn] = Field(default_factory=list, max_length=20)
     stream: bool = False
+
+    _question_not_blank = field_validator("question")(not_blank)
 
 
 class SearchRequest(Strict):
     query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
-    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K, strict=True)
+
+    _query_not_blank = field_validator("query")(not_blank)
 
 
 class Passage(BaseModel):

@@ -43,6 +43,8 @@ ASK_INVALID: list[tuple[str, Any, str]] = [
         "history.0.role",
     ),
     ("history content missing", {"question": "Why?", "history": [{"role": "user"}]}, "history.0.content"),
+    ("blank question", {"question": " \t "}, "question"),
+    ("top_k a boolean", {"question": "Why?", "top_k": True}, "top_k"),
     ("body a list", ["Why?"], "body"),
     ("body null", None, "body"),
 ]
@@ -58,6 +60,9 @@ def test_ask_rejects_invalid_input_naming_the_field(
 
 SEARCH_INVALID: list[tuple[str, Any, str]] = [
     ("empty query", {"query": ""}, "query"),
+    ("blank query", {"query": "  \n "}, "query"),
+    ("top_k a boolean", {"query": "NATO", "top_k": True}, "top_k"),
+    ("top_k a string", {"query": "NATO", "top_k": "3"}, "top_k"),
     ("query of 2,001 characters", {"query": "a" * 2001}, "query"),
     ("top_k 0", {"query": "NATO", "top_k": 0}, "top_k"),
     ("top_k 51", {"query": "NATO", "top_k": 51}, "top_k"),
