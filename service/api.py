@@ -123,8 +123,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         # take CPU from the model's threads.
         faiss.omp_set_num_threads(1)
         embedder = load_embedder(settings.model, settings.batch_size)
-        embedder.encode(["warm up the model before the first question"])  # its first call costs seconds
         encoder = BatchingEncoder(embedder, settings.max_batch)
+        # The model's first call costs seconds: make it before /readyz says ready, on the encoder's
+        # own thread (the only thread that runs the model in the service).
+        encoder.submit("warm up the model before the first question").result()
         reranker = load_reranker(settings.reranker) if settings.reranker else None
         parts["qa"] = qa.QAService(settings, holder, encoder, Retriever(settings, reranker))
         holder.start()
