@@ -150,17 +150,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def service() -> qa.QAService:
         return parts["qa"]  # type: ignore[no-any-return]
 
-    def served() -> Any:
-        index = holder.current
-        manifest = index.version.manifest
-        metrics.set_index(
-            index.version_id,
-            manifest["model"]["name"],
-            len(index.version.documents),
-            len(index.version.chunks),
-        )
-        return index
-
     # --- errors: JSON with a message a person can read -------------------------------------
 
     @app.exception_handler(RequestValidationError)
@@ -199,7 +188,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def ask(body: AskRequest, request: Request) -> Response | AskResponse:
         """Answer a question from the documents, citing exact spans. `"stream": true` (or
         `Accept: text/event-stream`) streams server-sent events: passages, delta, citation, done."""
-        served()
         result = await service().ask(body.question, body.top_k, body.history)
         metrics.observe_stages(result.timings_ms)
         if result.answer.abstained:
@@ -223,7 +211,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(body: SearchRequest) -> SearchResponse:
         """The passages that best match a query: dense and BM25 fused, both ranks on each."""
-        served()
         result = await service().search(body.query, body.top_k)
         metrics.observe_stages(result.timings_ms)
         return SearchResponse(
@@ -232,7 +219,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/v1/documents", response_model=DocumentList, responses=ERRORS)
     async def documents() -> DocumentList:
-        index = served()
+        index = holder.current
         counts: dict[str, int] = {}
         for chunk in index.version.chunks:
             counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
@@ -252,7 +239,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     async def document(doc_id: str) -> DocumentDetail | JSONResponse:
         """One document's full text; ids may hold `/` and `#` (send them URL-encoded)."""
-        index = served()
+        index = holder.current
         found = index.version.documents.get(doc_id)
         if found is None:
             return JSONResponse({"error": f"no document with id {doc_id!r}"}, status_code=404)
@@ -276,12 +263,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             return JSONResponse(
                 {"error": f"not ready: {holder.last_error or 'no index loaded'}"}, status_code=503
             )
-        return {"status": "ready", "index_version": served().version_id}
+        return {"status": "ready", "index_version": holder.current.version_id}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
-        if holder.ready:
-            served()
+        if holder.ready:  # the index gauges are read at scrape time, not on every request
+            index = holder.current
+            metrics.set_index(
+                index.version_id,
+                index.version.manifest["model"]["name"],
+                len(index.version.documents),
+                len(index.version.chunks),
+            )
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
