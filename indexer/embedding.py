@@ -63,6 +63,7 @@ class Embedder:
                 f"could not load the embedding model {name!r} ({type(exc).__name__}: {exc}). "
                 "Give a local folder (RAGQA_MODEL=/path/to/model) when there is no network."
             ) from exc
+        self.model.eval()
         self.name = name
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
@@ -84,6 +85,21 @@ class Embedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def encode_short(self, texts: Sequence[str]) -> np.ndarray:
+        """`encode` for a handful of short texts (questions), in one forward pass of the model's own
+        modules: the same vectors, without `model.encode`'s per-call bookkeeping (device resolution,
+        length sorting, the batching loop), which costs a question about 2 ms of 13."""
+        if not texts or self.model.default_prompt_name is not None:
+            return self.encode(texts)
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        features = batch_to_device(self.model.preprocess(list(texts)), self.model.device)
+        with torch.inference_mode():
+            vectors = self.model(features)["sentence_embedding"]
+            vectors = torch.nn.functional.normalize(vectors.float(), p=2, dim=1)
+        return vectors.cpu().numpy()
 
     def encode_with_sentences(
         self, texts: Sequence[str], spans: Sequence[Sequence[Span]]

@@ -68,7 +68,7 @@ class BatchingEncoder:
     def _encode(self, batch: list[tuple[str, Future[np.ndarray]]]) -> None:
         texts = list(dict.fromkeys(text for text, _ in batch))
         try:
-            vectors = dict(zip(texts, self.embedder.encode(texts), strict=True))
+            vectors = dict(zip(texts, self.embedder.encode_short(texts), strict=True))
         except Exception as exc:  # the model failing must fail these requests, not the worker
             for _, future in batch:
                 future.set_exception(exc)
