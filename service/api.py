@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,6 +39,12 @@ from service.schemas import (
 )
 
 MAX_BODY_BYTES = 64 * 1024
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "invalid input"},
     503: {"model": ErrorResponse, "description": "no index loaded yet"},
@@ -277,10 +284,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             )
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    static = resources.files("service").joinpath("static")
+    page = static.joinpath("index.html").read_text(encoding="utf-8")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def chat_page() -> HTMLResponse:
-        page = resources.files("service").joinpath("static/index.html").read_text(encoding="utf-8")
-        return HTMLResponse(page)
+        """The chat page. Its policy lets it load only this app's own script and style and talk only
+        to this app, so even text that slipped into the page as HTML could not run or call out."""
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
     return app
 

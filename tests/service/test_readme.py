@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,3 +58,54 @@ def test_readme_curl_example(command: str, server: Server) -> None:
         assert answer["abstained"] is True and answer["citations"] == [] and answer["passages"]
     if "And what about Georgia" in command:
         assert "Georgia" in answer["answer"] or "Tbilisi" in answer["answer"]
+
+
+def cli_examples() -> list[str]:
+    """The commands of the README's `ragqa` block (each line that runs the client)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Command line: `ragqa`") :]
+    block = re.search(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    assert block, "the README's CLI section has a sh block of examples"
+    return [
+        line.strip() for line in block.group(1).splitlines() if re.match(r"(RAGQA_URL=\S+ )?ragqa\b", line)
+    ]
+
+
+def run_cli_example(command: str, server: Server) -> subprocess.CompletedProcess[str]:
+    """As written, with `ragqa` from this environment, the default address (or any other the command
+    names) pointing at the test's server, and nothing on standard input."""
+    command = re.sub(r"http://[\d.]+:\d+", server.base_url, command)
+    env = {
+        **os.environ,
+        "RAGQA_URL": server.base_url,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    return subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL
+    )
+
+
+@pytest.mark.parametrize("command", cli_examples())
+def test_readme_cli_example(command: str, server: Server) -> None:
+    result = run_cli_example(command, server)
+    assert result.returncode in (0, 1), result.stderr  # answered, or abstained
+    assert result.stderr == ""
+    if "Why did Armenia freeze" in command:
+        assert "security guarantees" in result.stdout
+    if "--json" in command:
+        assert json.loads(result.stdout)["citations"]
+    if "--search -k 3" in command:
+        assert [line[:2] for line in result.stdout.splitlines() if line[:1].isdigit()] == ["1.", "2.", "3."]
+
+
+def test_readme_cli_transcript_is_what_the_client_prints(server: Server) -> None:
+    """The README's `$ ragqa ...` transcript, line by line (wrapped, and shortened where it ends in
+    "…"), appears in what the command prints."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    transcript = re.search(r"```\n\$ (ragqa .*?)\n(.*?)```", text, flags=re.DOTALL)
+    assert transcript, "the README shows a ragqa transcript"
+    printed = run_cli_example(transcript.group(1), server).stdout
+    printed = " ".join(printed.replace(f"{REPO}/", "").split())  # the test's store names absolute sources
+    shown = " ".join(transcript.group(2).split())
+    for part in shown.split(" … "):
+        assert part.removesuffix(" …") in printed, part

@@ -1,0 +1,252 @@
+// The ragqa chat page. Everything that comes from the service (answers, excerpts, documents) is put
+// on the page as text (textContent, text nodes), never as HTML.
+"use strict";
+
+const MAX_HISTORY_TURNS = 20; // the service accepts at most 20 earlier turns
+const MAX_TURN_CHARS = 8000;
+
+const conversation = document.getElementById("conversation");
+const form = document.getElementById("ask-form");
+const question = document.getElementById("question");
+const send = document.getElementById("send");
+const statusLine = document.getElementById("status");
+const viewer = document.getElementById("viewer");
+const documents = new Map(); // doc_id → promise of the document (fetched once)
+let turns = []; // the conversation so far, sent as `history` with each question
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function scrollToEnd() {
+  conversation.scrollTop = conversation.scrollHeight;
+}
+
+// --- talking to the service -------------------------------------------------------------------
+
+async function errorMessage(response) {
+  let message = `the service answered ${response.status}`;
+  try {
+    const body = await response.json();
+    if (body.error) message += `: ${body.error}`;
+    for (const problem of body.detail || []) {
+      const where = (problem.loc || []).filter((part) => part !== "body").join(".");
+      message += where ? `; ${where}: ${problem.msg}` : `; ${problem.msg}`;
+    }
+  } catch (_) {
+    // not JSON: the status says enough
+  }
+  return message;
+}
+
+// Server-sent events of a fetch response, as {event, data} objects.
+async function* events(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+    buffer = buffer.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+    }
+    if (done) return;
+  }
+}
+
+function fetchDocument(docId) {
+  if (!documents.has(docId)) {
+    const promise = fetch(`/v1/documents/${encodeURIComponent(docId)}`).then(async (response) => {
+      if (!response.ok) throw new Error(await errorMessage(response));
+      return response.json();
+    });
+    promise.catch(() => documents.delete(docId)); // a failure is not cached
+    documents.set(docId, promise);
+  }
+  return documents.get(docId);
+}
+
+// --- the document viewer -----------------------------------------------------------------------
+
+async function showSpan(span) {
+  viewer.hidden = false;
+  document.querySelector("main").classList.add("with-viewer");
+  const title = document.getElementById("viewer-title");
+  const source = document.getElementById("viewer-source");
+  const text = document.getElementById("viewer-text");
+  title.textContent = span.title;
+  source.textContent = span.source;
+  text.replaceChildren(element("p", "hint", "Loading the document…"));
+  try {
+    const doc = await fetchDocument(span.doc_id);
+    const mark = element("mark", "", doc.text.slice(span.start, span.end));
+    mark.id = "highlight";
+    text.replaceChildren(
+      document.createTextNode(doc.text.slice(0, span.start)),
+      mark,
+      document.createTextNode(doc.text.slice(span.end)),
+    );
+    mark.scrollIntoView({ block: "center" });
+  } catch (error) {
+    text.replaceChildren(element("p", "error", `Could not load the document: ${error.message}`));
+  }
+}
+
+function closeViewer() {
+  viewer.hidden = true;
+  document.querySelector("main").classList.remove("with-viewer");
+}
+
+// --- one exchange ------------------------------------------------------------------------------
+
+// The answer's text with each [n] whose citation has arrived as a button that shows it.
+function renderAnswer(target, text, citations) {
+  const parts = [];
+  let last = 0;
+  for (const match of text.matchAll(/\[(\d+)\]/g)) {
+    const citation = citations.get(Number(match[1]));
+    if (!citation) continue;
+    parts.push(document.createTextNode(text.slice(last, match.index)));
+    const button = element("button", "marker", match[0]);
+    button.type = "button";
+    button.dataset.n = String(citation.n);
+    button.setAttribute("aria-label", `Show citation ${citation.n}: ${citation.title}`);
+    button.addEventListener("click", () => showSpan(citation));
+    parts.push(button);
+    last = match.index + match[0].length;
+  }
+  parts.push(document.createTextNode(text.slice(last)));
+  target.replaceChildren(...parts);
+}
+
+function spanList(summaryText, spans, open, label) {
+  const details = element("details", "sources");
+  details.open = open;
+  details.append(element("summary", "", summaryText));
+  const list = element("ol");
+  for (const span of spans) {
+    const item = element("li");
+    const link = element("button", "title", label(span));
+    link.type = "button";
+    link.addEventListener("click", () => showSpan(span));
+    item.append(link, element("span", "excerpt", span.excerpt ?? span.text));
+    list.append(item);
+  }
+  details.append(list);
+  return details;
+}
+
+async function ask(text) {
+  document.getElementById("hint")?.remove();
+  conversation.append(element("div", "turn user", text));
+  const turn = element("div", "turn assistant pending");
+  const answerNode = element("div", "answer");
+  turn.append(answerNode);
+  conversation.append(turn);
+  scrollToEnd();
+
+  let answer = "";
+  let passages = [];
+  const citations = new Map();
+  let done = null;
+  try {
+    const response = await fetch("/v1/ask", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify({ question: text, history: turns, stream: true }),
+    });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    for await (const { event, data } of events(response)) {
+      if (event === "passages") passages = data;
+      else if (event === "delta") answer += data.text;
+      else if (event === "citation") citations.set(data.n, data);
+      else if (event === "error") throw new Error(data.error || "the service failed while answering");
+      else if (event === "done") done = data;
+      renderAnswer(answerNode, answer, citations);
+      scrollToEnd();
+    }
+    if (!done) throw new Error("the answer stream ended before it was complete");
+  } catch (error) {
+    turn.className = "turn assistant error";
+    const message = error instanceof TypeError ? `Could not reach the service (${error.message}).` : error.message;
+    turn.append(element("p", "", `Error: ${message}`));
+    scrollToEnd();
+    return;
+  }
+  turn.classList.remove("pending");
+  if (done.abstained) {
+    turn.classList.add("abstained");
+    turn.prepend(element("span", "badge", "Not answered by the documents"));
+    if (passages.length) {
+      turn.append(spanList(`Closest passages (${passages.length})`, passages, false, (p) => p.title));
+    }
+  } else if (citations.size) {
+    const cited = [...citations.values()];
+    turn.append(spanList(`Sources (${cited.length})`, cited, false, (c) => `[${c.n}] ${c.title}`));
+  }
+  turn.dataset.abstained = String(Boolean(done.abstained));
+  turns.push({ role: "user", content: text.slice(0, MAX_TURN_CHARS) });
+  turns.push({ role: "assistant", content: answer.slice(0, MAX_TURN_CHARS) });
+  turns = turns.slice(-MAX_HISTORY_TURNS);
+  scrollToEnd();
+}
+
+// --- wiring -------------------------------------------------------------------------------------
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = question.value.trim();
+  if (!text || send.disabled) return;
+  question.value = "";
+  send.disabled = true;
+  try {
+    await ask(text);
+  } finally {
+    send.disabled = false;
+    question.focus();
+  }
+});
+
+question.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+
+document.getElementById("new-conversation").addEventListener("click", () => {
+  turns = [];
+  conversation.replaceChildren();
+  closeViewer();
+  question.focus();
+});
+
+document.getElementById("viewer-close").addEventListener("click", closeViewer);
+
+async function checkReady() {
+  try {
+    const response = await fetch("/readyz");
+    const body = await response.json();
+    statusLine.textContent = response.ok ? `ready · index ${body.index_version}` : body.error;
+    statusLine.classList.toggle("bad", !response.ok);
+  } catch (error) {
+    statusLine.textContent = `cannot reach the service (${error.message})`;
+    statusLine.classList.add("bad");
+  }
+}
+
+checkReady();
+question.focus();
