@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -141,6 +140,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             yield
         finally:
             holder.stop()
+            await parts["qa"].close()
             encoder.close()
 
     app = FastAPI(
@@ -195,25 +195,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def ask(body: AskRequest, request: Request) -> Response | AskResponse:
         """Answer a question from the documents, citing exact spans. `"stream": true` (or
         `Accept: text/event-stream`) streams server-sent events: passages, delta, citation, done."""
-        result = await service().ask(body.question, body.top_k, body.history)
-        metrics.observe_stages(result.timings_ms)
-        if result.answer.abstained:
-            metrics.abstentions.inc()
-        response = AskResponse(
-            question=body.question,
-            answer=result.answer.text,
-            abstained=result.answer.abstained,
-            confidence=round(result.answer.best_score, 6)
-            if math.isfinite(result.answer.best_score)
-            else None,
-            citations=qa.citations(result.index, result.answer),
-            passages=qa.passages(result.index, result.hits),
-            index_version=result.index.version_id,
-            timings_ms=result.timings_ms,
-        )
+        events = service().answer_events(body)
         if body.stream or "text/event-stream" in request.headers.get("accept", ""):
-            return EventSourceResponse(_events(response))
-        return response
+            return EventSourceResponse(_sse(events, metrics))
+        async for name, data in events:
+            if name == "done":
+                metrics.observe_answer(data)
+                return data  # type: ignore[no-any-return]
+        raise AssertionError("an answer ends with its done event")
 
     @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(body: SearchRequest) -> SearchResponse:
@@ -221,7 +210,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         result = await service().search(body.query, body.top_k)
         metrics.observe_stages(result.timings_ms)
         return SearchResponse(
-            results=qa.passages(result.index, result.hits), index_version=result.index.version_id
+            results=qa.passages_of(result.index, result.hits), index_version=result.index.version_id
         )
 
     @app.get("/v1/documents", response_model=DocumentList, responses=ERRORS)
@@ -297,23 +286,20 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return app
 
 
-async def _events(response: AskResponse) -> AsyncIterator[bytes]:
-    """passages, then the answer in deltas (one per cited part), each marker's citation right after
-    the delta that holds it, then done. The deltas concatenate to the non-streamed answer."""
+async def _sse(events: AsyncIterator[tuple[str, Any]], metrics: Metrics) -> AsyncIterator[bytes]:
+    """Server-sent events: passages, delta and citation events, then done (the response without the
+    answer, citations and passages, which came before)."""
 
     def event(name: str, data: Any) -> bytes:
         return format_sse_event(event=name, data_str=json.dumps(data, ensure_ascii=False))
 
-    yield event("passages", [p.model_dump() for p in response.passages])
-    text = response.answer
-    position = 0
-    for citation in response.citations:
-        marker = f"[{citation.n}]"
-        end = text.index(marker, position) + len(marker)
-        yield event("delta", {"text": text[position:end]})
-        yield event("citation", citation.model_dump())
-        position = end
-    if position < len(text):
-        yield event("delta", {"text": text[position:]})
-    done = response.model_dump(exclude={"passages", "citations", "answer"})
-    yield event("done", done)
+    async for name, data in events:
+        if name == "passages":
+            yield event(name, [p.model_dump() for p in data])
+        elif name == "delta":
+            yield event(name, {"text": data})
+        elif name == "citation":
+            yield event(name, data.model_dump())
+        else:
+            metrics.observe_answer(data)
+            yield event(name, data.model_dump(exclude={"passages", "citations", "answer"}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from indexer.config import IndexSettings
 
@@ -36,3 +36,17 @@ class ServiceSettings(IndexSettings):
 
     # serving
     max_batch: int = Field(32, ge=1, le=256, description="questions encoded together by one model call")
+
+    # generative answers (docs/generative.md): any OpenAI-compatible server
+    llm_url: str | None = Field(
+        None,
+        description="base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8080/v1 (unset: no LLM)",
+    )
+    llm_model: str = Field("default", description="model name sent to the LLM server")
+    llm_api_key: SecretStr | None = Field(None, description="sent as `Authorization: Bearer KEY`")
+    llm_timeout: float = Field(30.0, gt=0, description="seconds the LLM may take for a whole answer")
+    llm_max_tokens: int = Field(256, ge=16, le=4096, description="longest answer the LLM may write")
+    llm_passages: int = Field(3, ge=1, le=20, description="top passages given to the LLM as sources")
+    support_threshold: float = Field(
+        0.7, description="score a generated sentence needs against a cited source sentence to be kept"
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.schemas import AskResponse
+
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -33,6 +35,16 @@ class Metrics:
         self.abstentions = Counter(
             "ragqa_abstentions_total", "answers that abstained", registry=self.registry
         )
+        self.fallbacks = Counter(
+            "ragqa_llm_fallbacks_total",
+            "generative answers that fell back to the extractive one, or were cut short",
+            registry=self.registry,
+        )
+        self.unsupported = Counter(
+            "ragqa_llm_unsupported_sentences_total",
+            "generated sentences left out because no cited source supports them",
+            registry=self.registry,
+        )
         self.index_info = Gauge(
             "ragqa_index_info",
             "the index version served (value 1)",
@@ -47,6 +59,12 @@ class Metrics:
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         for stage, ms in timings_ms.items():
             self.stage.labels(stage).observe(ms / 1000)
+
+    def observe_answer(self, response: AskResponse) -> None:
+        self.observe_stages(response.timings_ms)
+        self.abstentions.inc(response.abstained)
+        self.fallbacks.inc(response.fallback_reason is not None)
+        self.unsupported.inc(len(response.unsupported))
 
     def set_index(self, version: str, model: str, documents: int, chunks: int) -> None:
         self.index_info.clear()

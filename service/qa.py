@@ -7,18 +7,21 @@ words of the question itself."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from service import answering
+from service import answering, generative
 from service.config import ServiceSettings
 from service.encoder import BatchingEncoder
 from service.holder import IndexHolder
 from service.index import LoadedIndex
 from service.retrieval import Hit, Retriever
-from service.schemas import Citation, Passage, Turn
+from service.schemas import AskRequest, AskResponse, Citation, Passage, Turn, UnsupportedSentence
 
 HISTORY_WEIGHT = 1.0
 
@@ -48,6 +51,7 @@ class QAService:
         self.holder = holder
         self.encoder = encoder
         self.retriever = retriever
+        self.llm = generative.LLMClient(settings) if settings.llm_url else None
 
     async def search(self, query: str, top_k: int, history: list[Turn] | None = None) -> SearchResult:
         index = self.holder.current  # this request keeps this version to its end
@@ -59,7 +63,7 @@ class QAService:
         return SearchResult(index, hits, timings, vector)
 
     async def ask(self, question: str, top_k: int, history: list[Turn]) -> AskResult:
-        depth = max(top_k, self.settings.answer_passages)
+        depth = max(top_k, self.settings.answer_passages, self.settings.llm_passages if self.llm else 0)
         result = await self.search(question, depth, history)
         started = time.perf_counter()
         answer = answering.answer(
@@ -74,7 +78,71 @@ class QAService:
             self.settings.follow_margin,
         )
         result.timings_ms["answer"] = _ms(started)
-        return AskResult(result.index, result.hits[:top_k], result.timings_ms, result.vector, answer)
+        return AskResult(result.index, result.hits, result.timings_ms, result.vector, answer)
+
+    async def answer_events(self, body: AskRequest) -> AsyncIterator[tuple[str, Any]]:
+        """The answer to a request as events: ("passages", [Passage]), then ("delta", text) and
+        ("citation", Citation) in answer order (each citation right after the delta holding its
+        marker), then ("done", AskResponse) with the whole answer, which the deltas concatenate to."""
+        result = await self.ask(body.question, body.top_k, body.history)
+        passages = passages_of(result.index, result.hits[: body.top_k])
+        yield "passages", passages
+        generated = generative.Generated()
+        text = ""
+        cited: list[Citation] = []
+        mode = body.mode or ("generative" if self.llm else "extractive")
+        if mode == "generative" and self.llm is None:
+            generated.fallback_reason = "no LLM is configured (RAGQA_LLM_URL)"
+        elif mode == "generative" and self.llm and not result.answer.abstained:  # weak evidence: no LLM call
+            sources = result.hits[: self.settings.llm_passages]
+            checker = generative.Checker(result.index, sources, self.encoder, self.settings.support_threshold)
+            prompt = generative.messages(result.index, sources, body.question, body.history)
+            async for sentence in generative.generate(
+                self.llm, checker, prompt, self.settings.llm_timeout, generated
+            ):
+                new = [
+                    citation(result.index, len(cited) + i, s.sentence)
+                    for i, s in enumerate(sentence.support, 1)
+                ]
+                delta = (" " if text else "") + sentence.text + "".join(f" [{c.n}]" for c in new)
+                text += delta
+                cited += new
+                yield "delta", delta
+                for c in new:
+                    yield "citation", c
+            result.timings_ms.update(generated.timings_ms)
+        if not text:  # extractive mode, an abstention, or a generative answer that fell back
+            mode = "extractive"
+            text, cited = result.answer.text, citations(result.index, result.answer)
+            for event in answer_in_parts(text, cited):
+                yield event
+        yield (
+            "done",
+            AskResponse(
+                question=body.question,
+                answer=text,
+                abstained=result.answer.abstained,
+                mode=mode,
+                fallback_reason=generated.fallback_reason,
+                unsupported=[
+                    UnsupportedSentence(
+                        text=s.text, cited=s.cited, score=round(s.score, 6), names_not_in_source=s.novel
+                    )
+                    for s in generated.unsupported
+                ],
+                confidence=round(result.answer.best_score, 6)
+                if math.isfinite(result.answer.best_score)
+                else None,
+                citations=cited,
+                passages=passages,
+                index_version=result.index.version_id,
+                timings_ms=result.timings_ms,
+            ),
+        )
+
+    async def close(self) -> None:
+        if self.llm is not None:
+            await self.llm.aclose()
 
     async def _query(self, question: str, history: list[Turn]) -> tuple[np.ndarray, str]:
         previous = next((t.content for t in reversed(history) if t.role == "user"), None)
@@ -87,7 +155,7 @@ class QAService:
         return blended.astype(np.float32), lexical
 
 
-def passages(index: LoadedIndex, hits: list[Hit]) -> list[Passage]:
+def passages_of(index: LoadedIndex, hits: list[Hit]) -> list[Passage]:
     out = []
     for hit in hits:
         chunk = index.chunk(hit.chunk_id)
@@ -109,20 +177,32 @@ def passages(index: LoadedIndex, hits: list[Hit]) -> list[Passage]:
     return out
 
 
+def citation(index: LoadedIndex, n: int, span: answering.Sentence | answering.CitedSpan) -> Citation:
+    document = index.document(span.doc_id)
+    return Citation(
+        n=n,
+        doc_id=span.doc_id,
+        title=document.title,
+        source=document.source,
+        excerpt=document.text[span.start : span.end],
+        start=span.start,
+        end=span.end,
+        score=round(span.score, 6),
+    )
+
+
 def citations(index: LoadedIndex, answer: answering.Answer) -> list[Citation]:
-    out = []
-    for cited in answer.citations:
-        document = index.document(cited.doc_id)
-        out.append(
-            Citation(
-                n=cited.n,
-                doc_id=cited.doc_id,
-                title=document.title,
-                source=document.source,
-                excerpt=document.text[cited.start : cited.end],
-                start=cited.start,
-                end=cited.end,
-                score=round(cited.score, 6),
-            )
-        )
-    return out
+    return [citation(index, cited.n, cited) for cited in answer.citations]
+
+
+def answer_in_parts(text: str, cited: list[Citation]) -> list[tuple[str, Any]]:
+    """An answer as deltas, each up to and including a marker, with that marker's citation after it."""
+    events: list[tuple[str, Any]] = []
+    position = 0
+    for c in cited:
+        end = text.index(f"[{c.n}]", position) + len(f"[{c.n}]")
+        events += [("delta", text[position:end]), ("citation", c)]
+        position = end
+    if position < len(text):
+        events.append(("delta", text[position:]))
+    return events

@@ -32,6 +32,9 @@ class AskRequest(Strict):
     top_k: int = Field(5, ge=1, le=MAX_TOP_K, strict=True, description="passages to retrieve")
     history: list[Turn] = Field(default_factory=list, max_length=20)
     stream: bool = False
+    mode: Literal["extractive", "generative"] | None = Field(
+        None, description="default: generative when the service has an LLM (RAGQA_LLM_URL), else extractive"
+    )
 
     _question_not_blank = field_validator("question")(not_blank)
 
@@ -67,10 +70,30 @@ class Citation(BaseModel):
     score: float
 
 
+class UnsupportedSentence(BaseModel):
+    """A sentence the LLM wrote that no source it cited supports: left out of the answer."""
+
+    text: str
+    cited: list[int] = Field(description="the source numbers the LLM gave it")
+    score: float = Field(description="its best support score (the threshold is RAGQA_SUPPORT_THRESHOLD)")
+    names_not_in_source: list[str] = Field(
+        default_factory=list, description="names and numbers that its best source never mentions"
+    )
+
+
 class AskResponse(BaseModel):
     question: str
     answer: str
     abstained: bool
+    mode: Literal["extractive", "generative"] = Field(
+        "extractive", description="how the answer was made (extractive also when a generative one fell back)"
+    )
+    fallback_reason: str | None = Field(
+        None, description="why the LLM's answer was not used, or was cut short; null when it was used in full"
+    )
+    unsupported: list[UnsupportedSentence] = Field(
+        default_factory=list, description="generated sentences left out: no cited source supports them"
+    )
     confidence: float | None = Field(
         None, description="score of the best answering sentence; the service abstains below its threshold"
     )
