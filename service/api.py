@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ from service.schemas import (
     SearchResponse,
 )
 
+log = logging.getLogger("ragqa.service")
 MAX_BODY_BYTES = 64 * 1024
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -196,8 +198,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         """Answer a question from the documents, citing exact spans. `"stream": true` (or
         `Accept: text/event-stream`) streams server-sent events: passages, delta, citation, done."""
         events = service().answer_events(body)
+        # Retrieval happens before the first event: its errors (503 while no index is loaded) are
+        # still HTTP errors here, not a stream that breaks off.
+        first = await anext(events)
         if body.stream or "text/event-stream" in request.headers.get("accept", ""):
-            return EventSourceResponse(_sse(events, metrics))
+            return EventSourceResponse(_sse(first, events, metrics))
         async for name, data in events:
             if name == "done":
                 metrics.observe_answer(data)
@@ -286,20 +291,27 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return app
 
 
-async def _sse(events: AsyncIterator[tuple[str, Any]], metrics: Metrics) -> AsyncIterator[bytes]:
+async def _sse(
+    first: tuple[str, Any], events: AsyncIterator[tuple[str, Any]], metrics: Metrics
+) -> AsyncIterator[bytes]:
     """Server-sent events: passages, delta and citation events, then done (the response without the
-    answer, citations and passages, which came before)."""
+    answer, citations and passages, which came before). A failure after the stream has begun is an
+    `error` event, the stream's last."""
 
     def event(name: str, data: Any) -> bytes:
         return format_sse_event(event=name, data_str=json.dumps(data, ensure_ascii=False))
 
-    async for name, data in events:
-        if name == "passages":
-            yield event(name, [p.model_dump() for p in data])
-        elif name == "delta":
-            yield event(name, {"text": data})
-        elif name == "citation":
-            yield event(name, data.model_dump())
-        else:
-            metrics.observe_answer(data)
-            yield event(name, data.model_dump(exclude={"passages", "citations", "answer"}))
+    name, data = first
+    yield event(name, [p.model_dump() for p in data])
+    try:
+        async for name, data in events:
+            if name == "delta":
+                yield event(name, {"text": data})
+            elif name == "citation":
+                yield event(name, data.model_dump())
+            else:
+                metrics.observe_answer(data)
+                yield event(name, data.model_dump(exclude={"passages", "citations", "answer"}))
+    except Exception:
+        log.exception("answer.stream_failed")
+        yield event("error", {"error": "the service failed while answering; the answer is incomplete"})

@@ -28,6 +28,7 @@ examples:
   ragqa "Why did Armenia freeze CSTO membership?"
   ragqa --url http://10.0.0.5:8000 "Who visited Baku?"
   ragqa --search -k 3 "Nagorno-Karabakh"
+  ragqa --mode extractive "Who visited Baku?"  # quote the documents even when the service has an LLM
   ragqa --json "Why did Armenia freeze CSTO membership?" | jq .citations
   ragqa                  # an interactive session: follow-up questions use the conversation
 
@@ -148,12 +149,19 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def ask(
-    client: Client, printer: Printer, question: str, top_k: int | None, history: list[dict[str, str]]
+    client: Client,
+    printer: Printer,
+    question: str,
+    top_k: int | None,
+    history: list[dict[str, str]],
+    mode: str | None = None,
 ) -> tuple[int, str]:
     """Streams one answer to the terminal; returns (exit code, answer text)."""
     body: dict[str, Any] = {"question": question, "history": history, "stream": True}
     if top_k is not None:
         body["top_k"] = top_k
+    if mode is not None:
+        body["mode"] = mode
     answer, citations, passages = "", [], []
     done: dict[str, Any] | None = None
     for event, data in client.stream("/v1/ask", body):
@@ -171,12 +179,31 @@ def ask(
     if done is None:
         raise ServiceError("the answer stream ended before it was complete")
     printer.write("\n")
+    for note in notes(done):
+        printer.write(f"\n({note})\n")
     if done.get("abstained"):
         printer.write("\n(The service abstained: the indexed documents do not answer this.)\n")
         printer.passages(passages, "Closest passages:")
         return ABSTAINED, answer
     printer.citations(citations)
     return ANSWERED, answer
+
+
+def notes(done: dict[str, Any]) -> list[str]:
+    """What a reader should know about how a generative answer was made."""
+    out = []
+    if done.get("fallback_reason"):
+        what = (
+            "This is the extractive answer" if done.get("mode") == "extractive" else "The answer stops here"
+        )
+        out.append(f"{what}: {done['fallback_reason']}.")
+    if done.get("unsupported"):
+        count = len(done["unsupported"])
+        out.append(
+            f"{count} sentence{'s' * (count > 1)} of the LLM's answer left out: "
+            "no source it cited supports it."
+        )
+    return out
 
 
 def search(client: Client, printer: Printer, query: str, top_k: int | None) -> int:
@@ -190,18 +217,27 @@ def search(client: Client, printer: Printer, query: str, top_k: int | None) -> i
     return ANSWERED
 
 
-def raw_json(client: Client, printer: Printer, question: str, top_k: int | None, searching: bool) -> int:
+def raw_json(
+    client: Client, printer: Printer, question: str, top_k: int | None, searching: bool, mode: str | None
+) -> int:
     path = "/v1/search" if searching else "/v1/ask"
     body: dict[str, Any] = {"query" if searching else "question": question}
     if top_k is not None:
         body["top_k"] = top_k
+    if mode is not None and not searching:
+        body["mode"] = mode
     response = client.post(path, body)
     printer.write(json.dumps(response, ensure_ascii=False, indent=2) + "\n")
     return ABSTAINED if response.get("abstained") else ANSWERED
 
 
 def interactive(
-    client: Client, printer: Printer, top_k: int | None, searching: bool, read: Callable[[str], str]
+    client: Client,
+    printer: Printer,
+    top_k: int | None,
+    searching: bool,
+    read: Callable[[str], str],
+    mode: str | None = None,
 ) -> int:
     """Questions until end of input (or "exit"); each answer's turns become the next one's history.
     "/new" starts a new conversation. Returns the exit code of the last question."""
@@ -226,7 +262,7 @@ def interactive(
             if searching:
                 code = search(client, printer, line, top_k)
                 continue
-            code, answer = ask(client, printer, line, top_k, history)
+            code, answer = ask(client, printer, line, top_k, history, mode)
         except ServiceError as exc:
             printer.write(f"ragqa: {exc}\n")
             code = exc.code
@@ -255,6 +291,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("-k", "--top-k", type=int, metavar="N", help="passages to retrieve (1-50)")
     parser.add_argument("--search", action="store_true", help="print the best passages only, no answer")
     parser.add_argument("--json", action="store_true", help="print the service's raw JSON response")
+    parser.add_argument(
+        "--mode",
+        choices=["extractive", "generative"],
+        help="how to answer (default: the service's; generative needs an LLM behind the service)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the service (60)")
     return parser
 
@@ -272,12 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         if not question:
             if args.json:
                 parser().error("--json needs a question")
-            return interactive(client, printer, args.top_k, args.search, _reader())
+            return interactive(client, printer, args.top_k, args.search, _reader(), args.mode)
         if args.json:
-            return raw_json(client, printer, question, args.top_k, args.search)
+            return raw_json(client, printer, question, args.top_k, args.search, args.mode)
         if args.search:
             return search(client, printer, question, args.top_k)
-        return ask(client, printer, question, args.top_k, [])[0]
+        return ask(client, printer, question, args.top_k, [], args.mode)[0]
     except ServiceError as exc:
         print(f"ragqa: {exc}", file=sys.stderr)
         return exc.code

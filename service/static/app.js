@@ -149,6 +149,18 @@ function spanList(summaryText, spans, open, label) {
   return details;
 }
 
+// What a reader should know about how a generative answer was made.
+function notes(done) {
+  const out = [];
+  if (done.fallback_reason) {
+    const what = done.mode === "extractive" ? "This is the extractive answer" : "The answer stops here";
+    out.push(`${what}: ${done.fallback_reason}.`);
+  }
+  const left = (done.unsupported || []).length;
+  if (left) out.push(`${left} sentence${left > 1 ? "s" : ""} of the LLM's answer left out: no source it cited supports it.`);
+  return out;
+}
+
 async function ask(text) {
   document.getElementById("hint")?.remove();
   conversation.append(element("div", "turn user", text));
@@ -197,6 +209,7 @@ async function ask(text) {
     const cited = [...citations.values()];
     turn.append(spanList(`Sources (${cited.length})`, cited, false, (c) => `[${c.n}] ${c.title}`));
   }
+  for (const note of notes(done)) turn.append(element("p", "note", note));
   turn.dataset.abstained = String(Boolean(done.abstained));
   turns.push({ role: "user", content: text.slice(0, MAX_TURN_CHARS) });
   turns.push({ role: "assistant", content: answer.slice(0, MAX_TURN_CHARS) });

@@ -25,6 +25,7 @@ import pytest
 from service import generative
 from tests.service.conftest import (
     CORPUS,
+    REPO,
     STOLTENBERG,
     Server,
     free_port,
@@ -240,7 +241,7 @@ def test_a_hung_llm_server_times_out_to_the_extractive_answer(gen_store: Path, t
 
 
 def test_a_stopped_llm_server_falls_back_to_the_extractive_answer(
-    gen_server: Server, llm: tuple[subprocess.Popen[bytes], str]
+    gen_server: Server, llm: tuple[subprocess.Popen[bytes], str], tmp_path: Path
 ) -> None:
     """Last in this module: it stops the module's LLM server."""
     llm[0].terminate()
@@ -250,6 +251,17 @@ def test_a_stopped_llm_server_falls_back_to_the_extractive_answer(
         assert response.status_code == 200
     answer = ask(gen_server, ARMENIA)
     assert answer["mode"] == "extractive" and "could not be reached" in answer["fallback_reason"]
+    # The CLI says so after the answer.
+    cli = subprocess.run(
+        [sys.executable, "-S", "-m", "service.client", "--url", gen_server.base_url, ARMENIA],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "LANG": "C.UTF-8"},
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "(This is the extractive answer: the LLM server could not be reached" in cli.stdout
     assert answer == {
         **ask(gen_server, ARMENIA, mode="extractive"),
         "mode": "extractive",

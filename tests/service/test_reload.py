@@ -56,6 +56,7 @@ def test_not_ready_without_an_index_then_ready_once_indexed(fresh_server: Server
     for method, path, body in (
         ("GET", "/readyz", None),
         ("POST", "/v1/ask", {"question": "Why did Armenia freeze CSTO membership?"}),
+        ("POST", "/v1/ask", {"question": "Why did Armenia freeze CSTO membership?", "stream": True}),
         ("POST", "/v1/search", {"query": "Armenia"}),
         ("GET", "/v1/documents", None),
         ("GET", "/v1/documents/anything", None),
