@@ -37,6 +37,8 @@ eval: setup
 bench: setup
 	$(BIN)/python -m bench.index_throughput
 	$(BIN)/python -m bench.serve_latency
+	$(BIN)/python -m bench.support_calibration
+	$(BIN)/python -m bench.generative_latency
 
 lint: setup
 	$(BIN)/ruff check indexer service tests bench
