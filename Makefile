@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python -m bench.serve_latency
 	$(BIN)/python -m bench.support_calibration
 	$(BIN)/python -m bench.generative_latency
+	$(BIN)/python -m bench.load
 
 lint: setup
 	$(BIN)/ruff check indexer service tests bench

@@ -6,7 +6,11 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
+
+# The id of the HTTP request being served, if any: on every log line written while serving it.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -20,6 +24,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

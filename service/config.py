@@ -4,6 +4,7 @@ Every setting is an environment variable with the RAGQA_ prefix and a default th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -36,6 +37,21 @@ class ServiceSettings(IndexSettings):
 
     # serving
     max_batch: int = Field(32, ge=1, le=256, description="questions encoded together by one model call")
+
+    # the write API (POST/DELETE /v1/documents, /v1/jobs) and keys
+    corpus: Path = Field(Path("corpus"), description="folder that uploads go to and index jobs read")
+    api_keys: SecretStr | None = Field(None, description="comma-separated keys; unset: the write API is off")
+    read_requires_key: bool = Field(False, description="reads (ask, search, documents) need a key too")
+    max_upload_mb: float = Field(50.0, gt=0, description="largest upload (all files of one request)")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [key.strip() for key in raw.split(",") if key.strip()]
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
     # generative answers (docs/generative.md): any OpenAI-compatible server
     llm_url: str | None = Field(

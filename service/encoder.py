@@ -68,7 +68,10 @@ class BatchingEncoder:
     def _encode(self, batch: list[tuple[str, Future[np.ndarray]]]) -> None:
         texts = list(dict.fromkeys(text for text, _ in batch))
         try:
-            vectors = dict(zip(texts, self.embedder.encode_short(texts), strict=True))
+            # Each vector its own copy: a row view would keep its whole batch's array alive in the cache.
+            vectors = {
+                text: row.copy() for text, row in zip(texts, self.embedder.encode_short(texts), strict=True)
+            }
         except Exception as exc:  # the model failing must fail these requests, not the worker
             for _, future in batch:
                 future.set_exception(exc)

@@ -130,3 +130,20 @@ class DocumentDetail(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     detail: list[dict[str, object]] | None = None
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    files: list[str] = Field(description="the files written to (or removed from) the corpus folder")
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    action: Literal["upload", "delete"]
+    files: list[str]
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    report: dict[str, object] | None = Field(None, description="the indexer's report once done")
+    error: str | None = None
