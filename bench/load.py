@@ -64,6 +64,10 @@ async def client_loop(
         )
 
 
+async def _idle(_after: float) -> None:
+    """No re-index during the warm-up."""
+
+
 def unique(questions: list[str]) -> Iterator[str]:
     """The questions, then again with a round number in front of each, and so on: never the same text
     twice, so that every ask costs a model call (the service caches the vectors of recent questions)."""
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--warmup", type=float, default=15.0, help="seconds of the same load before measuring"
+    )
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--questions", type=Path, default=QUESTIONS, help="a corpus to make questions about")
     parser.add_argument("--question-count", type=int, default=9000)
@@ -114,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         store = root / "store"
         first = index([corpus], store)
         with running_service(store, log_level="WARNING") as service:
-            with httpx.Client(base_url=service.url, timeout=60) as warm:
-                for question in questions[:20]:
-                    warm.post("/v1/ask", json={"question": question})
+            # Warm-up: the same load for `--warmup` seconds, so that "before" is the memory of a
+            # server that has already seen concurrent batches of every size.
+            warmup, _ = asyncio.run(
+                load(service.url, questions[::-1], args.clients, args.warmup, _idle, service.pid)
+            )
             memory_before = server_memory_mib(service.pid)
             reindexed: dict[str, Any] = {}
 
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
             started = time.monotonic()
             samples, memory = asyncio.run(
-                load(service.url, questions[20:], args.clients, args.seconds, reindex, service.pid)
+                load(service.url, questions, args.clients, args.seconds, reindex, service.pid)
             )
             elapsed = time.monotonic() - started
             memory_after = server_memory_mib(service.pid)
@@ -150,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "error_statuses": sorted({str(e["status"]) for e in errors}),
         "versions_answering": versions,
         "reindex": reindexed,
+        "warmup": {"seconds": args.warmup, "asks": len(warmup), "errors": sum(not w["ok"] for w in warmup)},
         "rss_mib_before": memory_before,
         "rss_mib_after": memory_after,
         "rss_mib_during": memory,
@@ -179,6 +189,7 @@ def markdown(result: dict[str, Any]) -> str:
         ("errors (must be 0)", f"**{result['errors']}** {' '.join(result['error_statuses'])}"),
         ("re-index under load", json.dumps(result["reindex"])),
         ("index versions that answered (asks each)", json.dumps(result["versions_answering"])),
+        ("warm-up before measuring", json.dumps(result["warmup"])),
         ("server RSS before / after", f"{result['rss_mib_before']} / {result['rss_mib_after']}"),
         ("server RSS every tenth of the run (MiB)", " ".join(str(m) for m in result["rss_mib_during"])),
     ]

@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from indexer import logs
 from service.config import ServiceSettings
 
+JEMALLOC = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/local/lib/libjemalloc.so.2",
+    "/usr/lib/libjemalloc.so.2",
+)
+
+
+def serve_with_jemalloc(argv: list[str]) -> None:
+    """Restart this process with jemalloc preloaded when the machine has it (Debian: libjemalloc2)
+    and RAGQA_JEMALLOC is not 0. Under glibc's malloc the server's memory creeps up with the varied
+    shapes of the model's work; with jemalloc it stays flat (bench/load.py, README)."""
+    if os.environ.get("RAGQA_JEMALLOC", "1") == "0" or "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    library = next((path for path in JEMALLOC if os.path.exists(path)), None)
+    if library is None:
+        return
+    preload = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD", "")]))
+    os.execve(
+        sys.executable, [sys.executable, "-m", "service.cli", *argv], {**os.environ, "LD_PRELOAD": preload}
+    )
+
 
 def main(argv: list[str] | None = None) -> int:
+    serve_with_jemalloc(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ragqa-serve", description="Serve ragqa's HTTP API and chat page.")
     parser.add_argument("--store", type=Path, help="store folder (default: $RAGQA_STORE or var/store)")
     parser.add_argument("--host", help="address to listen on (default: $RAGQA_HOST or 127.0.0.1)")
@@ -28,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base = f"http://{settings.host}:{settings.port}"
     print(
-        f"ragqa: chat page {base}/  API docs {base}/docs  (store {settings.store})",
+        f"ragqa: chat page {base}/  API docs {base}/docs  (store {settings.store}; "
+        f"malloc: {'jemalloc' if 'jemalloc' in os.environ.get('LD_PRELOAD', '') else 'the C library'})",
         file=sys.stderr,
         flush=True,
     )

@@ -59,6 +59,7 @@ def test_the_image_is_multi_stage_cpu_only_non_root_with_a_health_check_and_a_vo
     health = next(arg for name, arg in steps if name == "HEALTHCHECK")
     assert "/readyz" in health
     assert any(name == "VOLUME" and "/data" in arg for name, arg in steps)
+    assert any(name == "RUN" and "libjemalloc2" in arg for name, arg in steps)  # see service/cli.py
 
 
 def test_what_the_image_copies_exists_and_its_settings_are_real() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.conftest import ODD_ID, STOLTENBERG
+from tests.service.conftest import ODD_ID, STOLTENBERG, Server
 
 ARMENIA = "Why did Armenia freeze CSTO membership?"
 OFF_TOPIC = "What is the boiling point of mercury in Kelvin?"
@@ -316,3 +317,14 @@ def test_openapi_and_docs(client: httpx.Client) -> None:
     assert docs.status_code == 200
     assert docs.headers["content-type"].startswith("text/html")
     assert "openapi.json" in docs.text
+
+
+def test_the_server_runs_on_jemalloc_when_the_machine_has_it(server: Server) -> None:
+    """Under glibc's malloc the server's memory creeps up under load; ragqa-serve restarts itself with
+    jemalloc preloaded when it is installed (bench/load.py measures the difference)."""
+    from service.cli import JEMALLOC
+
+    if not any(Path(p).exists() for p in JEMALLOC):
+        pytest.skip("no jemalloc on this machine (apt-get install libjemalloc2)")
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text(encoding="utf-8")
+    assert "libjemalloc" in maps
