@@ -5,6 +5,7 @@ and a document full of HTML that must stay inert text."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.service.conftest import (
     CORPUS,
@@ -84,7 +86,9 @@ def page(browser: Any, page_server: Server, tmp_path: Path) -> Iterator[Any]:
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
     page.goto(page_server.base_url + "/")
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('ready')")
+    # Locator assertions, not wait_for_function: polling a JavaScript string is an eval, which the
+    # page's Content-Security-Policy forbids.
+    expect(page.locator("#status")).to_have_text(re.compile(r"^ready"), timeout=30_000)
     yield page
     page.screenshot(path=str(tmp_path / "chat-page.png"), full_page=True)
     context.close()
@@ -99,12 +103,7 @@ def ask(page: Any, question: str) -> Any:
     page.get_by_label("Question").press("Enter")
     turn = turns.nth(before)
     turn.wait_for()
-    page.wait_for_function(
-        "n => { const t = document.querySelectorAll('.turn.assistant')[n];"
-        " return t && !t.classList.contains('pending'); }",
-        arg=before,
-        timeout=60_000,
-    )
+    expect(turn).not_to_have_class(re.compile(r"\bpending\b"), timeout=60_000)
     return turn
 
 
