@@ -30,10 +30,10 @@ from typing import Any
 
 import httpx
 
+from bench.results_io import publish
 from service.eval import free_port, running_service
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
 SEED_QUESTIONS = [
     "Why did Armenia freeze CSTO membership?",
     "Where did Stoltenberg begin his trip?",
@@ -123,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "llm_url": args.llm_url or "llama-cpp-python + SmolLM2-135M-Instruct Q4_1 (started here)",
         "rows": rows,
     }
-    text = markdown(result)
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "generative_latency.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / "generative_latency.md").write_text(text + "\n", encoding="utf-8")
+    publish("generative_latency", result, markdown(result))
     return 0
 
 

@@ -26,13 +26,13 @@ from typing import Any
 
 import httpx
 
+from bench.results_io import publish
 from bench.serve_latency import make_questions, percentiles, read_corpus, server_memory_mib
 from service.eval import running_service
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "corpus" / "caucasus-wiki-topical.jsonl"
 QUESTIONS = REPO.parent / "shared" / "data" / "corpus" / "wiki-leads-10k.jsonl"
-RESULTS = Path(__file__).resolve().parent / "results"
 NEW_DOCUMENT = (
     "# Lake Sevan\n\nLake Sevan is the largest body of water in Armenia and the Caucasus region. "
     "It lies at an altitude of about 1,900 metres in Gegharkunik Province.\n"
@@ -164,11 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mib_after": memory_after,
         "rss_mib_during": memory,
     }
-    text = markdown(result)
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "load.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / "load.md").write_text(text + "\n", encoding="utf-8")
+    publish("load", result, markdown(result))
     return 0 if not errors else 1
 
 

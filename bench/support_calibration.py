@@ -22,7 +22,6 @@ separates them: J = supported kept - mean of the two unsupported kinds kept.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections import defaultdict
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.results_io import publish
 from indexer.config import IndexSettings
 from service import generative
 from service.eval import build_store, default_store, load_dataset, sample
@@ -38,7 +38,6 @@ from service.index import LoadedIndex
 from service.retrieval import Hit
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval" / "squad2-dev"
-RESULTS = Path(__file__).resolve().parent / "results"
 THRESHOLDS = [round(0.30 + 0.05 * i, 2) for i in range(17)]
 
 
@@ -138,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "best": best,
     }
-    print(markdown(result))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "support_calibration.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / "support_calibration.md").write_text(markdown(result) + "\n", encoding="utf-8")
+    publish("support_calibration", result, markdown(result))
     return 0
 
 
