@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any
 import httpx
 
 from bench.results_io import publish
+from service.client import Client
 from service.eval import free_port, running_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,22 +65,16 @@ def start_llm() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the LLM server did not start within 120 s")
 
 
-def stream_ask(client: httpx.Client, question: str) -> dict[str, Any]:
+def stream_ask(client: Client, question: str) -> dict[str, Any]:
+    """One streamed ask through the CLI client's SSE reader: when the first delta and done came."""
     started = time.perf_counter()
     first_delta = None
     done: dict[str, Any] = {}
-    with client.stream(
-        "POST", "/v1/ask", json={"question": question, "stream": True}, timeout=180
-    ) as response:
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                if name == "delta" and first_delta is None:
-                    first_delta = time.perf_counter() - started
-                if name == "done":
-                    done = json.loads(line[5:])
+    for name, data in client.stream("/v1/ask", {"question": question, "stream": True}):
+        if name == "delta" and first_delta is None:
+            first_delta = time.perf_counter() - started
+        elif name == "done":
+            done = data
     total = time.perf_counter() - started
     return {
         "question": question,
@@ -112,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["RAGQA_LLM_URL"] = url
             os.environ["RAGQA_LLM_TIMEOUT"] = "120"
             with running_service(store, log_level="WARNING") as service:
-                client = httpx.Client(base_url=service.url)
+                client = Client(service.url, timeout=180)
                 rows = [stream_ask(client, q) | {"prompt": "first time"} for q in SEED_QUESTIONS]
                 rows += [stream_ask(client, q) | {"prompt": "asked again"} for q in SEED_QUESTIONS[:1]]
     finally:

@@ -181,9 +181,12 @@ class MetricsMiddleware:
             )
 
 
+def _too_large_message(limit: int) -> str:
+    return f"request body too large: the limit is {limit} bytes"
+
+
 def _too_large(limit: int) -> JSONResponse:
-    message = f"request body too large: the limit is {limit} bytes"
-    return JSONResponse({"error": message}, status_code=413)
+    return JSONResponse({"error": _too_large_message(limit)}, status_code=413)
 
 
 class BodyLimitMiddleware:
@@ -213,7 +216,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:  # raised inside the route: the 413 handler answers in JSON
-                    raise StarletteHTTPException(413, f"request body too large: the limit is {limit} bytes")
+                    raise StarletteHTTPException(413, _too_large_message(limit))
             return message
 
         await self.app(scope, limited, send)
@@ -339,9 +342,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     async def documents() -> DocumentList:
         index = holder.current
-        counts: dict[str, int] = {}
-        for chunk in index.version.chunks:
-            counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+        counts = index.chunks_per_document
         return DocumentList(
             documents=[
                 DocumentSummary(

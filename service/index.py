@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,14 @@ class LoadedIndex:
         return cls(version, index, vectors, bm25, tokenizer, sentence_vectors, offsets, idf)
 
     # --- lookups ----------------------------------------------------------------------------
+
+    @cached_property
+    def chunks_per_document(self) -> dict[str, int]:
+        """doc_id → number of chunks, counted once per loaded version (not on every listing)."""
+        counts: dict[str, int] = {}
+        for chunk in self.version.chunks:
+            counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+        return counts
 
     def chunk(self, chunk_id: int) -> st.ChunkRecord:
         return self.version.chunks[chunk_id]
