@@ -4,6 +4,7 @@ sentence vectors, all in memory, so that a request never touches the disk."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -61,6 +62,27 @@ class LoadedIndex:
         for chunk in self.version.chunks:
             counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
         return counts
+
+    @property
+    def model_name(self) -> str:
+        return str(self.version.manifest["model"]["name"])
+
+    @property
+    def document_count(self) -> int:
+        return len(self.version.documents)
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.version.chunks)
+
+    def documents(self) -> Iterator[st.DocumentRecord]:
+        return iter(self.version.documents.values())
+
+    def find_document(self, doc_id: str) -> st.DocumentRecord | None:
+        return self.version.documents.get(doc_id)
+
+    def chunk_records(self) -> Iterator[st.ChunkRecord]:
+        return iter(self.version.chunks)
 
     def chunk(self, chunk_id: int) -> st.ChunkRecord:
         return self.version.chunks[chunk_id]

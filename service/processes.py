@@ -1,0 +1,146 @@
+"""Start a real process that serves HTTP (ragqa-serve, an LLM server) and wait until it answers.
+
+The one way the tests, `ragqa-eval` and the benchmarks start and stop a server process: a free port
+of 127.0.0.1, the process's output in a log file, a readiness poll that fails at once (with the log's
+tail) when the process exits, and a stop that sends SIGTERM and kills only a process that hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT = 120.0  # loading the model on a busy two-core machine can take a while
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def service_command(store: Path, port: int, log_level: str = "INFO") -> list[str]:
+    """`python -m service.cli` for `store` on 127.0.0.1:`port`."""
+    command = [sys.executable, "-m", "service.cli", "--store", str(store), "--host", "127.0.0.1"]
+    return [*command, "--port", str(port), "--log-level", log_level]
+
+
+@dataclass
+class RunningProcess:
+    process: subprocess.Popen[bytes]
+    url: str  # http://127.0.0.1:PORT
+    log: Path
+    ready_seconds: float  # from start to the first good answer of the readiness path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_for(self, path: str, status: int = 200, timeout: float = READY_TIMEOUT) -> httpx.Response:
+        """Poll `path` until it answers `status`; an error with the log's tail if the process exits or
+        the time runs out."""
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.url}: the process exited with code {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                response = httpx.get(f"{self.url}{path}", timeout=5)
+                if response.status_code == status:
+                    return response
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.url}{path} not {status} after {timeout:.0f} s ({last}):\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+
+def start_process(
+    command: list[str],
+    url: str,
+    log: Path,
+    ready_path: str = "/readyz",
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = READY_TIMEOUT,
+) -> RunningProcess:
+    """Start `command` (which serves `url`), its output going to `log`; return once `ready_path`
+    answers 200. A process that does not get there is killed before the error is raised."""
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=dict(env) if env is not None else None, cwd=cwd
+        )
+    running = RunningProcess(process, url, log, 0.0)
+    try:
+        running.wait_for(ready_path, timeout=timeout)
+    except BaseException:
+        stop_process(running, timeout=5)
+        raise
+    running.ready_seconds = round(time.perf_counter() - started, 2)
+    return running
+
+
+def stop_process(running: RunningProcess, timeout: float = 20.0) -> bool:
+    """SIGTERM and wait; SIGKILL after `timeout`. True when the process ended by itself in time."""
+    process = running.process
+    if process.poll() is not None:
+        return True
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+        return False
+
+
+@contextmanager
+def running_process(
+    command: list[str],
+    url: str,
+    log: Path,
+    ready_path: str = "/readyz",
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = READY_TIMEOUT,
+) -> Iterator[RunningProcess]:
+    """`start_process`, stopped on exit."""
+    running = start_process(command, url, log, ready_path, env, cwd, timeout)
+    try:
+        yield running
+    finally:
+        stop_process(running)
+
+
+@contextmanager
+def running_service(
+    store: Path, log: Path, log_level: str = "INFO", env: Mapping[str, str] | None = None
+) -> Iterator[RunningProcess]:
+    """The real service over `store` on a free port of 127.0.0.1, ready (an index loaded); stopped on
+    exit."""
+    port = free_port()
+    environment = dict(os.environ if env is None else env)
+    with running_process(
+        service_command(store, port, log_level), f"http://127.0.0.1:{port}", log, env=environment
+    ) as running:
+        yield running
