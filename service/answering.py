@@ -14,12 +14,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.config import ServiceSettings
 from service.index import LoadedIndex
 from service.retrieval import Hit
 from service.text import asks_why, content_words, words
 
 ABSTENTION = "The indexed documents do not answer this question."
 LEXICAL_WEIGHT = 0.3
+
+
+@dataclass(frozen=True)
+class AnswerPolicy:
+    """How an extractive answer is chosen: the RAGQA_ANSWER_* settings, RAGQA_FOLLOW_MARGIN and
+    RAGQA_ABSTAIN_BELOW (docs/abstention.md has the figures behind their defaults)."""
+
+    most_sentences: int  # the most sentences an answer joins
+    abstain_below: float  # no answer when the best sentence scores below this
+    margin: float  # other sentences within this of the best one join it
+    follow_margin: float  # the sentence right after the best one joins within this
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> AnswerPolicy:
+        return cls(
+            most_sentences=settings.answer_sentences,
+            abstain_below=settings.abstain_below,
+            margin=settings.answer_margin,
+            follow_margin=settings.follow_margin,
+        )
 
 
 @dataclass(frozen=True)
@@ -77,18 +98,14 @@ def score_sentences(
 
 
 def select(
-    index: LoadedIndex,
-    sentences: list[Sentence],
-    most: int,
-    margin: float,
-    follow_margin: float,
-    threshold: float,
-    always_follow: bool = False,
+    index: LoadedIndex, sentences: list[Sentence], policy: AnswerPolicy, always_follow: bool = False
 ) -> list[Sentence]:
-    """The best sentence, the others nearly as good (within `margin`), and the sentence right after the
-    best one when it is within `follow_margin` (always, with `always_follow`, for a why-question): it
-    often completes the best one with a reason or a definition.
-    At most `most` sentences, in reading order; none when the best is below `threshold`."""
+    """The best sentence, the others nearly as good (within `policy.margin`), and the sentence right
+    after the best one when it is within `policy.follow_margin` (always, with `always_follow`, for a
+    why-question): it often completes the best one with a reason or a definition.
+    At most `policy.most_sentences` sentences, in reading order; none when the best is below
+    `policy.abstain_below`."""
+    threshold = policy.abstain_below
     if not sentences or sentences[0].score < threshold:
         return []
     best = sentences[0]
@@ -102,14 +119,14 @@ def select(
         key=lambda s: s.start,
         default=None,
     )
-    floor = max(threshold, best.score - margin)
+    floor = max(threshold, best.score - policy.margin)
     chosen = [best]
     if following is not None and (
-        always_follow or following.score >= max(threshold, best.score - follow_margin)
+        always_follow or following.score >= max(threshold, best.score - policy.follow_margin)
     ):
         chosen.append(following)
     chosen += [s for s in sentences[1:] if s.score >= floor and s is not following]
-    return sorted(chosen[:most], key=lambda s: (s.passage_rank, s.doc_id, s.start))
+    return sorted(chosen[: policy.most_sentences], key=lambda s: (s.passage_rank, s.doc_id, s.start))
 
 
 def compose(index: LoadedIndex, chosen: list[Sentence]) -> tuple[str, list[CitedSpan]]:
@@ -137,19 +154,13 @@ def compose(index: LoadedIndex, chosen: list[Sentence]) -> tuple[str, list[Cited
 
 
 def answer(
-    index: LoadedIndex,
-    vector: np.ndarray,
-    question: str,
-    hits: list[Hit],
-    idf: dict[str, float],
-    most_sentences: int,
-    threshold: float,
-    margin: float,
-    follow_margin: float,
+    index: LoadedIndex, vector: np.ndarray, question: str, hits: list[Hit], policy: AnswerPolicy
 ) -> Answer:
-    sentences = score_sentences(index, vector, question, hits, idf)
+    """The answer from the sentences of `hits`, scored against `vector` and the question's words
+    (idf over the index's chunks); an abstention when the best is below `policy.abstain_below`."""
+    sentences = score_sentences(index, vector, question, hits, index.idf)
     best = sentences[0].score if sentences else -math.inf
-    chosen = select(index, sentences, most_sentences, margin, follow_margin, threshold, asks_why(question))
+    chosen = select(index, sentences, policy, asks_why(question))
     if not chosen:
         return Answer(ABSTENTION, True, [], best)
     text, citations = compose(index, chosen)

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from service.api import create_app
+    from service.app import create_app
 
     base = f"http://{settings.host}:{settings.port}"
     print(

@@ -51,6 +51,7 @@ class QAService:
         self.holder = holder
         self.encoder = encoder
         self.retriever = retriever
+        self.answer_policy = answering.AnswerPolicy.from_settings(settings)
         self.llm = generative.LLMClient(settings) if settings.llm_url else None
 
     async def search(self, query: str, top_k: int, history: list[Turn] | None = None) -> SearchResult:
@@ -66,17 +67,8 @@ class QAService:
         depth = max(top_k, self.settings.answer_passages, self.settings.llm_passages if self.llm else 0)
         result = await self.search(question, depth, history)
         started = time.perf_counter()
-        answer = answering.answer(
-            result.index,
-            result.vector,
-            question,
-            result.hits[: self.settings.answer_passages],
-            result.index.idf,
-            self.settings.answer_sentences,
-            self.settings.abstain_below,
-            self.settings.answer_margin,
-            self.settings.follow_margin,
-        )
+        hits = result.hits[: self.settings.answer_passages]
+        answer = answering.answer(result.index, result.vector, question, hits, self.answer_policy)
         result.timings_ms["answer"] = _ms(started)
         return AskResult(result.index, result.hits, result.timings_ms, result.vector, answer)
 

@@ -30,17 +30,41 @@ class Hit:
     bm25_rank: int | None = None
 
 
-def fuse_rrf(
-    dense: list[int], lexical: list[int], k: int, dense_weight: float = 1.0, bm25_weight: float = 1.0
-) -> list[Hit]:
+@dataclass(frozen=True)
+class RankFusion:
+    """Fusion `rrf`, weighted reciprocal rank fusion: RAGQA_RRF_K, RAGQA_DENSE_WEIGHT and
+    RAGQA_RRF_BM25_WEIGHT."""
+
+    k: int
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> RankFusion:
+        return cls(k=settings.rrf_k, dense_weight=settings.dense_weight, bm25_weight=settings.rrf_bm25_weight)
+
+
+@dataclass(frozen=True)
+class ScoreFusion:
+    """Fusion `score` (see the module docstring): RAGQA_SENTENCE_WEIGHT and RAGQA_BM25_WEIGHT."""
+
+    sentence_weight: float
+    bm25_weight: float
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> ScoreFusion:
+        return cls(sentence_weight=settings.sentence_weight, bm25_weight=settings.bm25_weight)
+
+
+def fuse_rrf(dense: list[int], lexical: list[int], fusion: RankFusion) -> list[Hit]:
     """Weighted reciprocal rank fusion: score = Σ weight / (k + rank), ranks from 1."""
     dense_rank = {chunk: rank for rank, chunk in enumerate(dense, start=1)}
     bm25_rank = {chunk: rank for rank, chunk in enumerate(lexical, start=1)}
     scores: dict[int, float] = {}
     for chunk, rank in dense_rank.items():
-        scores[chunk] = scores.get(chunk, 0.0) + dense_weight / (k + rank)
+        scores[chunk] = scores.get(chunk, 0.0) + fusion.dense_weight / (fusion.k + rank)
     for chunk, rank in bm25_rank.items():
-        scores[chunk] = scores.get(chunk, 0.0) + bm25_weight / (k + rank)
+        scores[chunk] = scores.get(chunk, 0.0) + fusion.bm25_weight / (fusion.k + rank)
     return _ranked(scores, dense_rank, bm25_rank)
 
 
@@ -49,8 +73,7 @@ def fuse_scores(
     vector: np.ndarray,
     dense: list[tuple[int, float]],
     lexical: list[tuple[int, float]],
-    sentence_weight: float,
-    bm25_weight: float,
+    fusion: ScoreFusion,
 ) -> list[Hit]:
     """Score fusion over the union of both candidate lists (see the module docstring)."""
     dense_rank = {chunk: rank for rank, (chunk, _) in enumerate(dense, start=1)}
@@ -63,9 +86,9 @@ def fuse_scores(
     for chunk, cosine in zip(candidates, cosines, strict=True):
         sentence = index.best_sentence_cosine(vector, chunk)
         scores[chunk] = (
-            (1 - sentence_weight) * float(cosine)
-            + sentence_weight * sentence
-            + bm25_weight * bm25.get(chunk, 0.0) / best_bm25
+            (1 - fusion.sentence_weight) * float(cosine)
+            + fusion.sentence_weight * sentence
+            + fusion.bm25_weight * bm25.get(chunk, 0.0) / best_bm25
         )
     return _ranked(scores, dense_rank, bm25_rank)
 
@@ -80,6 +103,8 @@ class Retriever:
     def __init__(self, settings: ServiceSettings, reranker: Any | None = None) -> None:
         self.settings = settings
         self.reranker = reranker
+        self.rank_fusion = RankFusion.from_settings(settings)
+        self.score_fusion = ScoreFusion.from_settings(settings)
 
     def search(self, index: LoadedIndex, vector: np.ndarray, text: str, top_k: int) -> list[Hit]:
         settings = self.settings
@@ -87,15 +112,9 @@ class Retriever:
         dense = index.dense(vector, depth)
         lexical = index.lexical(text, depth)
         if settings.fusion == "rrf":
-            hits = fuse_rrf(
-                [c for c, _ in dense],
-                [c for c, _ in lexical],
-                settings.rrf_k,
-                settings.dense_weight,
-                settings.rrf_bm25_weight,
-            )
+            hits = fuse_rrf([c for c, _ in dense], [c for c, _ in lexical], self.rank_fusion)
         else:
-            hits = fuse_scores(index, vector, dense, lexical, settings.sentence_weight, settings.bm25_weight)
+            hits = fuse_scores(index, vector, dense, lexical, self.score_fusion)
         if self.reranker is not None and hits:
             hits = self.rerank(index, text, hits[: max(settings.rerank_depth, top_k)])
         return hits[:top_k]

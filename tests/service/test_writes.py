@@ -16,7 +16,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.api import create_app, route_access
+from service.access import route_access
+from service.app import create_app
 from service.config import ServiceSettings
 from tests.service.conftest import CORPUS, Server, index, start_server, stop_server
 from tests.service.test_readme import all_curl_examples
