@@ -3,19 +3,34 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
 STORE ?= var/store
+PIP := $(BIN)/python -m pip install --quiet
+# One stamp per set of packages: `make run` installs the runtime only (all wheels, nothing compiles);
+# `make test` adds the test extra, `make lint` the dev extra. Each is redone when pyproject.toml changes.
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
+DEVTOOLS := $(VENV)/.installed-dev
 
-.PHONY: setup index run serve test eval bench lint clean
+.PHONY: setup setup-test setup-dev index run serve test test-fast eval bench lint clean
 
-setup: $(STAMP)
+setup: $(RUNTIME)
+setup-test: $(TESTING)
+setup-dev: $(DEVTOOLS)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(PIP) --upgrade "pip>=24"
+	$(PIP) -e .
+	touch $@
+
+$(TESTING): $(RUNTIME)
 	# llama-cpp-python (the LLM server of the generative tests) builds from source: portable, any x86-64
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) -e '.[test]'
+	touch $@
+
+$(DEVTOOLS): $(TESTING)
+	$(PIP) -e '.[test,dev]'
+	touch $@
 
 index: setup
 	$(BIN)/ragqa-index corpus --store $(STORE)
@@ -26,22 +41,26 @@ run: index
 serve: setup
 	$(BIN)/ragqa-serve --store $(STORE)
 
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest
+
+# Everything but the tests marked slow (the LLM server, the browser, SIGKILL, fuzzing): under a minute.
+test-fast: setup-test
+	$(BIN)/python -m pytest -m "not slow"
 
 EVAL_DATA ?= ../shared/data/eval
 eval: setup
 	$(BIN)/ragqa-eval $(EVAL_DATA)/squad2-dev --sample 1000 --seed 0
 	$(BIN)/ragqa-eval $(EVAL_DATA)/nq-open-dev --sample 1000 --seed 0
 
-bench: setup
+bench: setup-test
 	$(BIN)/python -m bench.index_throughput
 	$(BIN)/python -m bench.serve_latency
 	$(BIN)/python -m bench.support_calibration
 	$(BIN)/python -m bench.generative_latency
 	$(BIN)/python -m bench.load
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check indexer service tests bench
 	$(BIN)/ruff format --check indexer service tests bench
 	$(BIN)/mypy
