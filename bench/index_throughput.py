@@ -19,66 +19,45 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
-import platform
-import resource
-import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.harness import (
+    add_corpus_option,
+    add_results_option,
+    code_state,
+    command_line,
+    limited_corpus,
+    load_average,
+    machine,
+    machine_summary,
+    memory_mib,
+    now,
+    offline,
+    own_cpu_seconds,
+    publish,
+    read_corpus,
+    require_data,
+    shared_data,
+)
 from indexer import store as st
 from indexer.chunking import Chunker, ChunkerSettings
 from indexer.config import IndexSettings
 from indexer.embedding import load_embedder
 from indexer.pipeline import _relative, run_index
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = (REPO / ".." / "shared" / "data" / "corpus" / "wiki-leads-10k.jsonl").resolve()
-RESULTS = REPO / "bench" / "results"
+DEFAULT_CORPUS = shared_data("corpus/wiki-leads-10k.jsonl")
 GOAL = 0.90
 WARMUP_TEXTS = 64
 
 # --- measuring -------------------------------------------------------------------------------
-
-
-def current_rss_mib() -> float | None:
-    """The resident set size now (Linux only)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def cpu_seconds() -> float:
-    """User plus system CPU time this process has used (all its threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def load_average() -> float | None:
-    """The 1-minute load average: other work on the machine skews the timings."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def peak_rss_mib() -> float:
-    """The process's peak resident set size so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 @dataclass
@@ -167,31 +146,14 @@ def breakdown_rows(timers: StageTimers, total: float) -> list[dict[str, Any]]:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def limited_corpus(corpus: Path, limit: int, folder: Path) -> Path:
-    """The first `limit` documents of a jsonl corpus, written to a new file under `folder`."""
-    folder.mkdir(parents=True)
-    target = folder / corpus.name
-    kept = 0
-    with open(corpus, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as dst:
-        for line in src:
-            if kept >= limit:
-                break
-            if line.strip():
-                dst.write(line)
-                kept += 1
-    return target
-
-
 def embedded_texts(settings: IndexSettings) -> tuple[list[str], int]:
     """The texts the indexer embedded, in chunk order, rebuilt from the store; and how many of them
     do not hash to their chunk's recorded hash (must be 0)."""
     version = st.open_version(settings.store)
-    fingerprint = version.manifest["chunker"]
+    fingerprint = version.manifest.chunker
     chunker = Chunker(
         load_embedder(settings.model, settings.batch_size).tokenizer,
-        ChunkerSettings(
-            max_tokens=fingerprint["max_tokens"], overlap_sentences=fingerprint["overlap_sentences"]
-        ),
+        ChunkerSettings(max_tokens=fingerprint.max_tokens, overlap_sentences=fingerprint.overlap_sentences),
     )
     prefixes = {doc_id: chunker.embed_prefix(d.title) for doc_id, d in version.documents.items()}
     texts = [prefixes[c.doc_id] + version.chunk_text(c) for c in version.chunks]
@@ -204,10 +166,7 @@ def embedded_texts(settings: IndexSettings) -> tuple[list[str], int]:
 
 
 def run(corpus: Path, limit: int | None, breakdown: bool) -> dict[str, Any]:
-    import sentence_transformers
-    import torch
-
-    rss_start = current_rss_mib()
+    rss_start = memory_mib(os.getpid())["rss"]
     measured_code = indexer_state()  # now, as the indexer modules are already imported
     with tempfile.TemporaryDirectory(prefix="ragqa-bench-") as tmp:
         source = limited_corpus(corpus, limit, Path(tmp) / "corpus") if limit else corpus
@@ -216,27 +175,24 @@ def run(corpus: Path, limit: int | None, breakdown: bool) -> dict[str, Any]:
         # Warm up: load the model once (run_index gets the same object from load_embedder's cache)
         # and encode a few real texts, so that neither side pays for loading or first calls.
         embedder = load_embedder(settings.model, settings.batch_size)
-        with open(source, encoding="utf-8") as fh:
-            warm = [json.loads(line)["text"] for line, _ in zip(fh, range(WARMUP_TEXTS), strict=False)]
-        embedder.encode(warm)
-        rss_before = current_rss_mib()
-        peak_before = peak_rss_mib()
+        embedder.encode([doc.text for doc in read_corpus(source, WARMUP_TEXTS)])
+        memory_before = memory_mib(os.getpid())
         load = {"before_index": load_average()}
 
         timers = StageTimers()
         targets = [(_resolve(owner), name, label) for owner, name, label, _ in STAGES] if breakdown else []
         print(f"indexing {source} into a fresh store ...", file=sys.stderr, flush=True)
         with timers.installed(targets):
-            cpu, started = cpu_seconds(), time.perf_counter()
+            cpu, started = own_cpu_seconds(), time.perf_counter()
             report = run_index([source], settings)
             index_seconds = time.perf_counter() - started
-            index_cpu = cpu_seconds() - cpu
+            index_cpu = own_cpu_seconds() - cpu
         load["after_index"] = load_average()
-        peak_after_index = peak_rss_mib()
+        peak_after_index = memory_mib(os.getpid())["peak"]
 
         texts, mismatched = embedded_texts(settings)
         print(f"bare encode of {len(texts)} chunk texts ...", file=sys.stderr, flush=True)
-        cpu, started = cpu_seconds(), time.perf_counter()
+        cpu, started = own_cpu_seconds(), time.perf_counter()
         vectors = embedder.model.encode(
             texts,
             batch_size=settings.batch_size,
@@ -245,10 +201,10 @@ def run(corpus: Path, limit: int | None, breakdown: bool) -> dict[str, Any]:
             show_progress_bar=False,
         )
         encode_seconds = time.perf_counter() - started
-        encode_cpu = cpu_seconds() - cpu
+        encode_cpu = own_cpu_seconds() - cpu
         load["after_bare_encode"] = load_average()
         del vectors
-        peak_after_encode = peak_rss_mib()
+        peak_after_encode = memory_mib(os.getpid())["peak"]
 
         print("incremental run on the unchanged corpus ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
@@ -259,7 +215,7 @@ def run(corpus: Path, limit: int | None, breakdown: bool) -> dict[str, Any]:
     encode_rate = len(texts) / encode_seconds
     ratio = index_rate / encode_rate
     return {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": now(),
         "corpus": str(corpus),
         "limit": limit,
         "settings": {
@@ -269,12 +225,7 @@ def run(corpus: Path, limit: int | None, breakdown: bool) -> dict[str, Any]:
             "chunk_overlap": settings.chunk_overlap,
         },
         "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
+            **machine(),
             "load_average_1min": load,
             "indexer": measured_code,
         },
@@ -302,11 +253,11 @@ def run(corpus: Path, limit: int | None, breakdown: bool) -> dict[str, Any]:
         "goal_met": ratio >= GOAL,
         "breakdown": breakdown_rows(timers, index_seconds) if breakdown else None,
         "memory_mib": {
-            "rss_at_start": _round(rss_start),
-            "rss_before_index": _round(rss_before),
-            "peak_rss_before_index": _round(peak_before),
-            "peak_rss_after_index": _round(peak_after_index),
-            "peak_rss_after_bare_encode": _round(peak_after_encode),
+            "rss_at_start": rss_start,
+            "rss_before_index": memory_before["rss"],
+            "peak_rss_before_index": memory_before["peak"],
+            "peak_rss_after_index": peak_after_index,
+            "peak_rss_after_bare_encode": peak_after_encode,
         },
         "incremental": {
             "seconds": round(again_seconds, 3),
@@ -320,26 +271,13 @@ def run(corpus: Path, limit: int | None, breakdown: bool) -> dict[str, Any]:
 def indexer_state() -> dict[str, Any]:
     """Which indexer code was measured: the commit, files changed since, and the encode slab size."""
     import inspect
-    import subprocess
 
     from indexer.embedding import Embedder
 
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.rstrip()
-
     return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "changed": git("status", "--porcelain", "--", "indexer").splitlines(),
+        **code_state("indexer"),
         "slab_size": inspect.signature(Embedder.encode_in_slabs).parameters["slab_size"].default,
     }
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -356,6 +294,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     corpus = Path(result["corpus"]).name + (f" (first {result['limit']})" if result["limit"] else "")
     goal = f"goal ≥ {result['goal']:.2f}: {'met' if result['goal_met'] else 'NOT met'}"
     rows = [
+        ("machine", machine_summary(environment)),
         ("corpus", corpus),
         ("documents", f"{result['documents']:,}"),
         ("chunks", f"{result['chunks']:,} ({result['unique_texts']:,} distinct texts)"),
@@ -409,37 +348,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.index_throughput",
         description="Time run_index into a fresh store against the bare model encode of the same chunks.",
     )
-    parser.add_argument(
-        "--corpus", type=Path, default=DEFAULT_CORPUS, help=f"jsonl corpus (default {DEFAULT_CORPUS})"
-    )
+    add_corpus_option(parser, DEFAULT_CORPUS)
     parser.add_argument("--limit", type=int, help="index only the first N documents (for a quick try)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
+    add_results_option(parser)
     parser.add_argument("--no-breakdown", action="store_true", help="do not time the pipeline's stages")
     args = parser.parse_args(argv)
-    if not args.corpus.is_file():
-        parser.error(
-            f"corpus not found: {args.corpus}. The default lives in ../shared/data/corpus next to the "
-            "repository, which a plain clone does not have; pass --corpus PATH to a .jsonl file."
-        )
+    require_data(parser, args.corpus, "--corpus")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
 
-    executable = Path(sys.executable)
-    if executable.is_relative_to(Path.cwd()):
-        executable = executable.relative_to(Path.cwd())
-    command = shlex.join([str(executable), "-m", "bench.index_throughput", *(argv or sys.argv[1:])])
-
-    # The bundled model is a local folder: never reach for a model hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    command = command_line("bench.index_throughput", argv)
+    offline()
     result = run(args.corpus.resolve(), args.limit, breakdown=not args.no_breakdown)
     result["command"] = command
-    table = markdown(result, command)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "index_throughput.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (args.results / "index_throughput.md").write_text(table + "\n", encoding="utf-8")
-    print(table)
-    print(f"\ncommand: {command}")
+    publish("index_throughput", result, markdown(result, command), args.results)
     return 0 if result["incremental"]["ok"] and not result["rebuilt_text_hash_mismatches"] else 1
 
 

@@ -33,16 +33,8 @@ printed as well.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import queue
-import random
-import re
-import resource
-import shlex
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -50,20 +42,44 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 
-from service.eval import RunningService, running_service
+from bench.harness import (
+    REPO,
+    STAGES,
+    CpuMeter,
+    MetricSamples,
+    add_corpus_option,
+    add_results_option,
+    build_store,
+    code_state,
+    command_line,
+    limited_corpus,
+    listening_pid,
+    load_average,
+    machine,
+    machine_summary,
+    make_questions,
+    malloc,
+    memory_mib,
+    now,
+    offline,
+    percentiles,
+    publish,
+    read_corpus,
+    require_data,
+    scrape,
+    shared_data,
+    stage_means_ms,
+)
+from service.processes import running_service
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = (REPO / ".." / "shared" / "data" / "corpus" / "wiki-leads-10k.jsonl").resolve()
+DEFAULT_CORPUS = shared_data("corpus/wiki-leads-10k.jsonl")
 DEFAULT_STORE = Path("var/bench/wiki-leads-10k-store")
-RESULTS = REPO / "bench" / "results"
 READY_TIMEOUT = 600.0  # seconds for the server to load the store
 REQUEST_TIMEOUT = 30.0
 WARMUP_QUESTIONS = 20
@@ -71,253 +87,33 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 DISTURBED_CORES = 0.25  # other processes' CPU use above which a phase's figures are not to be trusted
 GOALS = {"search_over_floor": 1.5, "ask_over_search": 1.5, "asks_per_s_at_16": 80.0}
 
-# --- questions -------------------------------------------------------------------------------
-
-TITLE_TEMPLATES = (
-    "What is {t}?",
-    "Where is {t}?",
-    "Who was {t}?",
-    "When was {t} founded?",
-    "What is known about {t}?",
-    "Why is {t} notable?",
-    "Tell me about {t}.",
-)
-FRAGMENT_TEMPLATES = ("{f}", "{f}?", "What about {f}?", "Which {f}?")
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# --- the server ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Doc:
-    title: str
-    text: str
+class Served:
+    """The server measured: one started here over the store, or one already running (--url)."""
 
-
-def read_corpus(path: Path, limit: int | None) -> list[Doc]:
-    docs: list[Doc] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if limit is not None and len(docs) >= limit:
-                break
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            docs.append(Doc(str(record.get("title") or ""), str(record.get("text") or "")))
-    return docs
-
-
-def question_about(doc: Doc, rng: random.Random) -> str | None:
-    """A title template or a fragment (5–12 words) of the first sentence, chosen at random."""
-    if doc.title and rng.random() < 0.5:
-        return rng.choice(TITLE_TEMPLATES).format(t=doc.title)
-    words = SENTENCE_END.split(doc.text.strip(), maxsplit=1)[0].split()
-    if len(words) < 6:
-        return rng.choice(TITLE_TEMPLATES).format(t=doc.title) if doc.title else None
-    size = rng.randint(5, min(12, len(words)))
-    start = rng.randint(0, len(words) - size)
-    fragment = " ".join(words[start : start + size]).strip(" ,;:.()\"'")
-    return rng.choice(FRAGMENT_TEMPLATES).format(f=fragment) if fragment else None
-
-
-def make_questions(docs: list[Doc], count: int, seed: int) -> list[str]:
-    """`count` distinct questions, each about another document while there are enough of them."""
-    rng = random.Random(seed)
-    order = list(range(len(docs)))
-    rng.shuffle(order)
-    seen: set[str] = set()
-    out: list[str] = []
-    for attempt in range(count * 50):
-        if len(out) == count or not order:
-            break
-        question = question_about(docs[order[attempt % len(order)]], rng)
-        if question and 1 <= len(question) <= 2000 and question.casefold() not in seen:
-            seen.add(question.casefold())
-            out.append(question)
-    if len(out) < count:
-        raise SystemExit(
-            f"could only make {len(out)} distinct questions of {count} from {len(docs)} documents"
-        )
-    return out
-
-
-# --- the store and the server ----------------------------------------------------------------
-
-
-def limited_corpus(corpus: Path, limit: int, folder: Path) -> Path:
-    """The first `limit` documents, in a file kept next to the store so that reruns reuse the store."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{corpus.stem}-first{limit}.jsonl"
-    kept, lines = 0, []
-    with open(corpus, encoding="utf-8") as src:
-        for line in src:
-            if kept >= limit:
-                break
-            if line.strip():
-                lines.append(line if line.endswith("\n") else line + "\n")
-                kept += 1
-    text = "".join(lines)
-    if not target.is_file() or target.read_text(encoding="utf-8") != text:
-        target.write_text(text, encoding="utf-8")
-    return target
-
-
-def build_store(source: Path, store: Path) -> dict[str, Any]:
-    """Index in process, incrementally: an unchanged corpus embeds nothing and publishes nothing."""
-    from indexer import logs
-    from indexer.config import IndexSettings
-    from indexer.pipeline import run_index
-
-    logs.configure("WARNING")
-    print(f"indexing {source} into {store} (incremental) ...", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    report = run_index([source], IndexSettings(store=store))
-    return {
-        "version": report.version,
-        "documents": report.documents,
-        "chunks": report.chunks,
-        "embedded": report.embedded,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    url: str
+    pid: int | None
+    command: list[str] | None = None
+    ready_seconds: float | None = None
 
 
 @contextmanager
-def started_server(store: Path) -> Iterator[RunningService]:
-    """The real service on a free port of 127.0.0.1, stopped on exit (shared with ragqa-eval)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    with running_service(store.resolve(), log_level="WARNING") as server:
-        print(f"started the server: {shlex.join(server.command or [])}", file=sys.stderr, flush=True)
-        yield server
-
-
-@contextmanager
-def existing_server(url: str) -> Iterator[RunningService]:
-    """A server that already runs (--url); its pid is looked up for the CPU and memory figures."""
-    yield RunningService(url, listening_pid(url))
-
-
-def listening_pid(url: str) -> int | None:
-    """The pid that listens on the URL's port (best effort: may need the right to see it)."""
-    port = urlsplit(url).port
-    try:
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                return conn.pid
-    except (psutil.Error, OSError):
-        pass
-    return None
+def server_to_measure(url: str | None, store: Path | None) -> Iterator[Served]:
+    """The server at `url`, its pid looked up for the CPU and memory figures; or, without a url, the
+    real service over `store` on a free port of 127.0.0.1 (service/processes.py), stopped on exit."""
+    if store is None:
+        assert url is not None
+        yield Served(url, listening_pid(url))
+        return
+    with running_service(store.resolve(), log_level="WARNING", timeout=READY_TIMEOUT) as server:
+        print(f"started the server: {' '.join(server.command)}", file=sys.stderr, flush=True)
+        yield Served(server.url, server.pid, server.command, server.ready_seconds)
 
 
 # --- measuring -------------------------------------------------------------------------------
-
-
-def load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def server_cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return None
-    return float(times.user + times.system)
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy (all cores; time stolen by the hypervisor included)."""
-    t = psutil.cpu_times()
-    return float(sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal")))
-
-
-@dataclass
-class CpuMeter:
-    """Where the machine's CPU went between `start()` and `stop()`: the server, this process, and
-    everything else. Other processes' use is what makes a run unreliable on a shared machine."""
-
-    server_pid: int | None
-    began: float = 0.0
-    machine: float = 0.0
-    server: float | None = None
-    bench: float = 0.0
-
-    def start(self) -> CpuMeter:
-        self.began = time.perf_counter()
-        self.machine = machine_busy_seconds()
-        self.server = server_cpu_seconds(self.server_pid)
-        self.bench = own_cpu_seconds()
-        return self
-
-    def stop(self) -> dict[str, float | None]:
-        wall = time.perf_counter() - self.began
-        machine = machine_busy_seconds() - self.machine
-        bench = own_cpu_seconds() - self.bench
-        after = server_cpu_seconds(self.server_pid)
-        server = after - self.server if after is not None and self.server is not None else None
-        others = machine - bench - (server or 0.0)
-        return {
-            "wall_seconds": round(wall, 3),
-            "server_cpu_seconds": None if server is None else round(server, 3),
-            "bench_cpu_seconds": round(bench, 3),
-            # Without the server's pid (--url and no permission) the server counts as "others".
-            "others_cores": round(max(others, 0.0) / wall, 3) if wall > 0 else None,
-        }
-
-
-def server_memory_mib(pid: int | None) -> dict[str, float | None]:
-    """RSS now and the peak so far (VmHWM, Linux) of the server process."""
-    rss: float | None = None
-    peak: float | None = None
-    if pid is None:
-        return {"rss": None, "peak": None}
-    try:
-        rss = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    peak = round(int(line.split()[1]) / 1024, 1)
-    except (psutil.Error, OSError):
-        pass
-    return {"rss": rss, "peak": peak}
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "mean": None}
-    if len(values) == 1:
-        return {"p50": round(values[0], 2), "p95": round(values[0], 2), "mean": round(values[0], 2)}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(cuts[49], 2), "p95": round(cuts[94], 2), "mean": round(statistics.fmean(values), 2)}
-
-
-MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(client: httpx.Client) -> MetricSamples:
-    """Every sample of /metrics, keyed by (name, labels)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = client.get("/metrics").text
-    out: MetricSamples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
-    return out
-
-
-def _histogram_mean_ms(before: MetricSamples, after: MetricSamples, name: str, **labels: str) -> float | None:
-    key = tuple(sorted(labels.items()))
-    count = after.get((f"{name}_count", key), 0.0) - before.get((f"{name}_count", key), 0.0)
-    total = after.get((f"{name}_sum", key), 0.0) - before.get((f"{name}_sum", key), 0.0)
-    return round(total / count * 1000, 2) if count > 0 else None
 
 
 @dataclass
@@ -350,7 +146,7 @@ class Phase:
         done = len(self.samples)
         stages: dict[str, Any] = {}
         timed = [s.timings for s in self.samples if s.timings]
-        for stage in ("encode", "retrieve", "answer"):
+        for stage in STAGES:
             values = [t[stage] for t in timed if stage in t]
             if values:
                 stages[stage] = percentiles(values)
@@ -358,7 +154,6 @@ class Phase:
             stages["total"] = percentiles([sum(t.values()) for t in timed])
             outside = [s.ms - sum(s.timings.values()) for s in self.samples if s.timings]
             stages["outside_stages"] = percentiles(outside)
-        before, after = self.metrics_before, self.metrics_after
         return {
             "phase": self.name,
             "route": self.route,
@@ -372,15 +167,7 @@ class Phase:
             "wall_seconds": round(self.wall_seconds, 3),
             "requests_per_s": round(done / self.wall_seconds, 2) if self.wall_seconds else None,
             "server_timings_ms": stages or None,
-            "server_metrics_mean_ms": {
-                "route": _histogram_mean_ms(
-                    before, after, "ragqa_http_request_seconds", method="POST", route=self.route
-                ),
-                **{
-                    stage: _histogram_mean_ms(before, after, "ragqa_stage_seconds", stage=stage)
-                    for stage in ("encode", "retrieve", "answer")
-                },
-            },
+            "server_metrics_mean_ms": stage_means_ms(self.metrics_before, self.metrics_after, self.route),
             "server_cpu_ms_per_request": round(self.server_cpu_seconds / done * 1000, 2)
             if self.server_cpu_seconds is not None and done
             else None,
@@ -395,7 +182,7 @@ def body_for(route: str, question: str) -> dict[str, Any]:
 
 
 def run_phase(
-    server: RunningService, name: str, route: str, questions: list[str], concurrency: int, time_limit: float
+    server: Served, name: str, route: str, questions: list[str], concurrency: int, time_limit: float
 ) -> Phase:
     """Send each question once, from `concurrency` threads, each with its own keep-alive client;
     stop early (and say so) when `time_limit` seconds have passed."""
@@ -437,8 +224,7 @@ def run_phase(
             with lock:
                 finished.append(time.perf_counter())
 
-    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT) as probe:
-        phase.metrics_before = scrape(probe)
+    phase.metrics_before = scrape(server.url)
     phase.load_before = load_average()
     threads = [threading.Thread(target=worker, name=f"bench-{i}", daemon=True) for i in range(concurrency)]
     for thread in threads:
@@ -458,8 +244,7 @@ def run_phase(
     phase.others_cores = cpu["others_cores"]
     phase.load_after = load_average()
     phase.timed_out = len(phase.samples) < len(questions)
-    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT) as probe:
-        phase.metrics_after = scrape(probe)
+    phase.metrics_after = scrape(server.url)
     return phase
 
 
@@ -498,13 +283,11 @@ def phase_plan(requests: int, throughput_requests: int) -> list[tuple[str, str, 
 
 
 def run(args: argparse.Namespace, source: Path, store: Path | None) -> dict[str, Any]:
-    import torch
-
     from indexer.config import IndexSettings
 
     load_start = load_average()
-    measured_code = code_state()  # now: the server about to start imports this code
-    docs = read_corpus(source, None)
+    measured_code = code_state("service", "indexer")  # now: the server about to start imports this code
+    docs = read_corpus(source)
     plan = phase_plan(args.requests, args.throughput_requests)
     questions = make_questions(docs, WARMUP_QUESTIONS + sum(n for *_, n in plan), args.seed)
     warmup, rest = questions[:WARMUP_QUESTIONS], questions[WARMUP_QUESTIONS:]
@@ -513,22 +296,23 @@ def run(args: argparse.Namespace, source: Path, store: Path | None) -> dict[str,
         sets.append(rest[:n])
         rest = rest[n:]
 
-    build = build_store(source, store) if store is not None else None
+    build = build_store([source], store) if store is not None else None
     model_name = IndexSettings().model  # the model the server loads (RAGQA_MODEL or the bundled one)
 
-    with existing_server(args.url) if store is None else started_server(store) as server:
+    with server_to_measure(args.url, store) as server:
         with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT) as client:
             ready = client.get("/readyz")
             if ready.status_code != 200:
                 raise SystemExit(f"{server.url}/readyz answered {ready.status_code}: {ready.text[:200]}")
             index_version = ready.json().get("index_version")
-            memory_before = server_memory_mib(server.pid)
+            memory_before = memory_mib(server.pid)
+            server_malloc = malloc(server.pid) if server.pid is not None else None
             print(f"warming up with {len(warmup)} questions ...", file=sys.stderr, flush=True)
             warm_statuses: Counter[int] = Counter()
             for i, question in enumerate(warmup):  # alternately search and ask
                 route = ("/v1/search", "/v1/ask")[i % 2]
                 warm_statuses[client.post(route, json=body_for(route, question)).status_code] += 1
-            gauges = scrape(client)
+        gauges = scrape(server.url)
 
         # The floor: the search@1 questions encoded bare in this process, once right before the
         # concurrency-1 phases and once right after them, so that a change of the machine's load
@@ -554,7 +338,8 @@ def run(args: argparse.Namespace, source: Path, store: Path | None) -> dict[str,
                 floor_passes.append((times, conditions))
             phases.append(run_phase(server, name, route, batch, concurrency, args.phase_seconds))
         floor = floor_summary(model_name, floor_passes)
-        memory_after = server_memory_mib(server.pid)
+        memory_after = memory_mib(server.pid)
+    reading = machine()  # torch is loaded by now: its threads in this process are part of it
 
     summaries = [p.summary() for p in phases]
     by_name = {s["phase"]: s for s in summaries}
@@ -579,7 +364,7 @@ def run(args: argparse.Namespace, source: Path, store: Path | None) -> dict[str,
         n for code, n in warm_statuses.items() if code != 200
     )
     return {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": now(),
         "corpus": str(args.corpus),
         "limit": args.limit,
         "seed": args.seed,
@@ -594,14 +379,11 @@ def run(args: argparse.Namespace, source: Path, store: Path | None) -> dict[str,
             "documents": gauges.get(("ragqa_index_documents", ())),
             "chunks": gauges.get(("ragqa_index_chunks", ())),
             "memory_mib": {"before": memory_before, "after": memory_after},
+            "malloc": server_malloc,
             "ragqa_env": {k: v for k, v in os.environ.items() if k.startswith("RAGQA_")},
         },
         "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads_bench_process": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
+            **reading,
             "load_average_1min": {"start": load_start, "end": load_average()},
             "code": measured_code,
         },
@@ -619,25 +401,6 @@ def run(args: argparse.Namespace, source: Path, store: Path | None) -> dict[str,
         "disturbed_by_other_processes": disturbed,
         "non_200_total": non_200,
         "complete": not any(s["timed_out"] for s in summaries),
-    }
-
-
-def code_state() -> dict[str, Any]:
-    """Which code was measured: the commit and the files changed since under service/ and indexer/
-    (read-only git: no index refresh)."""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.rstrip()
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "changed": git("status", "--porcelain", "--", "service", "indexer").splitlines(),
     }
 
 
@@ -681,6 +444,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
             "server",
             f"pid {server['pid']}" + (f", ready in {server['ready_seconds']} s" if server["command"] else ""),
         ),
+        ("machine", machine_summary(environment)),
+        ("server malloc", server["malloc"] or "–"),
         (
             "CPUs / 1-min load average at start / end",
             f"{environment['cpus']} / {load['start']} / {load['end']}",
@@ -782,9 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.serve_latency",
         description="Latency of /v1/search and /v1/ask over real HTTP against the bare model encode.",
     )
-    parser.add_argument(
-        "--corpus", type=Path, default=DEFAULT_CORPUS, help=f"jsonl corpus (default {DEFAULT_CORPUS})"
-    )
+    add_corpus_option(parser, DEFAULT_CORPUS)
     parser.add_argument(
         "--store",
         type=Path,
@@ -802,15 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phase-seconds", type=float, default=180.0, help="time limit of each phase (default 180)"
     )
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
+    add_results_option(parser)
     args = parser.parse_args(argv)
-    if not args.corpus.is_file():
-        print(
-            f"corpus not found: {args.corpus}. The default lives in ../shared/data/corpus next to the "
-            "repository, which a plain clone does not have; pass --corpus PATH to a .jsonl file.",
-            file=sys.stderr,
-        )
-        return 2
+    require_data(parser, args.corpus, "--corpus")
     for name in ("limit", "requests", "throughput_requests"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -821,13 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.store:
             parser.error("--url and --store exclude each other: the running server has its store")
 
-    executable = Path(sys.executable)
-    if executable.is_relative_to(Path.cwd()):
-        executable = executable.relative_to(Path.cwd())
-    command = shlex.join([str(executable), "-m", "bench.serve_latency", *(argv or sys.argv[1:])])
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    command = command_line("bench.serve_latency", argv)
+    offline()
     corpus = args.corpus.resolve()
     args.corpus = corpus
     default_store = (
@@ -841,12 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         source = corpus
     result = run(args, source, store)
     result["command"] = command
-    table = markdown(result, command)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "serve_latency.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (args.results / "serve_latency.md").write_text(table + "\n", encoding="utf-8")
-    print(table)
-    print(f"\ncommand: {command}")
+    publish("serve_latency", result, markdown(result, command), args.results)
     return 0 if result["non_200_total"] == 0 and result["complete"] else 1
 
 

@@ -16,7 +16,7 @@ It prints, for each threshold, with and without the rule that the passage must m
 and number of the claim, the share of each kind that the check keeps, and the setting that best
 separates them: J = supported kept - mean of the two unsupported kinds kept.
 
-    .venv/bin/python -m bench.support_calibration [--sample 1000] [--seed 1]
+    .venv/bin/python -m bench.support_calibration [--sample 1000] [--seed 1] [--results DIR]
 """
 
 from __future__ import annotations
@@ -30,14 +30,26 @@ from typing import Any
 
 import numpy as np
 
-from bench.results_io import publish
+from bench.harness import (
+    add_results_option,
+    build_store,
+    command_line,
+    eval_questions,
+    machine,
+    machine_summary,
+    now,
+    offline,
+    publish,
+    require_data,
+    shared_data,
+)
 from indexer.config import IndexSettings
 from service import generative
-from service.eval import build_store, default_store, load_dataset, sample
+from service.eval import default_store
 from service.index import LoadedIndex
 from service.retrieval import Hit
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval" / "squad2-dev"
+DATA = shared_data("eval/squad2-dev")
 THRESHOLDS = [round(0.30 + 0.05 * i, 2) for i in range(17)]
 
 
@@ -53,11 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sample", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1, help="default 1: not the evaluation's sample (seed 0)")
+    add_results_option(parser)
     args = parser.parse_args(argv)
+    require_data(parser, args.data, "--data")
 
-    dataset = load_dataset(args.data, need_corpus=True)
+    offline()
+    reading = machine()
+    dataset, answerable = eval_questions(args.data, args.sample, args.seed)
     store = default_store(dataset)
-    build_store(dataset, store)
+    build_store([dataset.corpus], store)
     settings = IndexSettings()
     index = LoadedIndex.load(store, settings.model)
     from indexer.embedding import load_embedder
@@ -65,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     embedder = load_embedder(settings.model)
 
     chunks_of: dict[str, list[int]] = defaultdict(list)
-    for chunk in index.version.chunks:
+    for chunk in index.chunk_records():
         chunks_of[chunk.doc_id].append(chunk.chunk_id)
     article = {doc_id: doc_id.split("#")[0] for doc_id in chunks_of}
     docs_of_article: dict[str, list[str]] = defaultdict(list)
@@ -76,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         for doc_id in question.gold:
             answers_of_article[article.get(doc_id, "")].update(question.answers)
 
-    answerable, _ = sample(dataset, args.sample, args.seed)
     rng = random.Random(args.seed)
     pairs: list[tuple[str, str, int]] = []  # (kind, claim, chunk id)
     for question in answerable:
@@ -129,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({**row, "J": kept["supported"] - (kept["topical"] + kept["swapped"]) / 2})
     best = max(rows, key=lambda r: r["J"])
     result: dict[str, Any] = {
+        "created": now(),
+        "command": command_line("bench.support_calibration", argv),
+        "machine": reading,
         "data": str(args.data),
         "sample": args.sample,
         "seed": args.seed,
@@ -137,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "best": best,
     }
-    publish("support_calibration", result, markdown(result))
+    publish("support_calibration", result, markdown(result), args.results)
     return 0
 
 
 def _hardest(index: LoadedIndex, embedder: Any, claim: str, chunk_ids: list[int]) -> int:
     vector = embedder.encode_short([claim])[0]
-    return max(chunk_ids, key=lambda c: float(index.chunk_vectors[c] @ vector))
+    return max(chunk_ids, key=lambda c: float(index.cosines(vector, [c])[0]))
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -163,7 +181,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {'yes' if row['names_rule'] else 'no'} | {row['threshold']:.2f}{mark} | "
             f"{row['supported']:.3f} | {row['topical']:.3f} | {row['swapped']:.3f} | {row['J']:.3f} |"
         )
-    lines += ["", "`.venv/bin/python -m bench.support_calibration`"]
+    lines += ["", f"Machine: {machine_summary(result['machine'])}.", "", f"`{result['command']}`"]
     return "\n".join(lines)
 
 

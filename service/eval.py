@@ -20,30 +20,28 @@ import os
 import random
 import re
 import shlex
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from service.processes import running_service
+
+if TYPE_CHECKING:
+    from indexer.pipeline import IndexReport
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EVAL_ROOT = Path("var/eval")
-READY_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 120.0
 WARMUP_REQUESTS = 24  # untimed asks before measuring: a fresh service's first model calls are slow
 MARKER = re.compile(r"\[(\d+)\]")
-# Keys under which an ask response may carry its best sentence score (the v1 API has none yet).
-BEST_SCORE_KEYS = ("best_score", "best_sentence_score")
 
 # Off-corpus questions: per topic, templates and fillers whose counts are coprime, so that the k-th
 # question of a topic (template k mod T, filler k mod F) runs through all T*F pairs before repeating.
@@ -226,71 +224,16 @@ def default_store(dataset: Dataset) -> Path:
     return EVAL_ROOT / f"{dataset.name}-{key}" / "store"
 
 
-def build_store(dataset: Dataset, store: Path) -> str:
-    """Index the corpus in process (incremental: a rerun over an unchanged corpus publishes nothing)."""
+def index_corpus(sources: list[Path], store: Path) -> IndexReport:
+    """Index in process into `store` (incremental: a rerun over an unchanged corpus embeds and
+    publishes nothing). Shared with the benchmarks."""
     from indexer import logs
     from indexer.config import IndexSettings
     from indexer.pipeline import run_index
 
     logs.configure("WARNING")
     overrides: dict[str, Any] = {"store": store}
-    report = run_index([dataset.corpus], IndexSettings(**overrides))
-    return report.version
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class RunningService:
-    url: str
-    pid: int | None
-    command: list[str] | None = None
-    ready_seconds: float | None = None
-
-
-@contextmanager
-def running_service(store: Path, log_level: str = "INFO") -> Iterator[RunningService]:
-    """The real service (`python -m service.cli`) on a free port of 127.0.0.1; stopped on exit."""
-    port = free_port()
-    command = [sys.executable, "-m", "service.cli", "--store", str(store), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--log-level", log_level]
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the service exited with code {process.returncode}:\n{_tail(log)}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the service was not ready within {READY_TIMEOUT:.0f} s:\n{_tail(log)}"
-                    )
-                time.sleep(0.2)
-            yield RunningService(url, process.pid, command, round(time.perf_counter() - started, 1))
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _tail(log: Any, lines: int = 20) -> str:
-    log.flush()
-    log.seek(0)
-    return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
+    return run_index(sources, IndexSettings(**overrides))
 
 
 # --- asking --------------------------------------------------------------------------------------
@@ -358,13 +301,18 @@ def ratio(hits: int, total: int) -> float | None:
     return round(hits / total, 4) if total else None
 
 
-def percentiles(values: list[float]) -> dict[str, float | int | None]:
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p95, p99 (inclusive quantiles), mean and n of latencies in milliseconds, to 0.01 ms; the
+    figures are None for no values. The one percentile function of ragqa-eval and the benchmarks."""
     if not values:
-        return {"p50": None, "p95": None, "n": 0}
-    if len(values) == 1:
-        return {"p50": round(values[0], 1), "p95": round(values[0], 1), "n": 1}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(cuts[49], 1), "p95": round(cuts[94], 1), "n": len(values)}
+        return {"p50": None, "p95": None, "p99": None, "mean": None, "n": 0}
+    cuts = (
+        [float(values[0])] * 99
+        if len(values) == 1
+        else statistics.quantiles(values, n=100, method="inclusive")
+    )
+    figures = {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98], "mean": statistics.fmean(values)}
+    return {**{k: round(v, 2) for k, v in figures.items()}, "n": len(values)}
 
 
 def abstention_figures(positives: list[Outcome], negatives: list[Outcome]) -> dict[str, Any]:
@@ -405,7 +353,7 @@ def compute(outcomes: list[Outcome], documents: dict[str, str | None]) -> dict[s
 
     unanswerable = [o for o in done if o.kind == "unanswerable"]
     off_corpus = [o for o in done if o.kind == "off-corpus"]
-    best_scores = [o.ask for o in done if o.ask and _best_score(o.ask) is not None]
+    confidences = [o.ask for o in done if o.ask and _confidence(o.ask) is not None]
     return {
         "retrieval": {**recall, "mrr@10": round(reciprocal / len(answerable), 4) if answerable else None},
         "answers": {
@@ -442,7 +390,7 @@ def compute(outcomes: list[Outcome], documents: dict[str, str | None]) -> dict[s
             ),
             "ask_after_search": percentiles([o.ask_ms for o in answerable if o.ask_ms and o.search_first]),
         },
-        "best_sentence_scores_reported": len(best_scores),
+        "confidences_reported": len(confidences),
         "errors": len(outcomes) - len(done),
     }
 
@@ -464,12 +412,10 @@ def _markers_consistent(ask: dict[str, Any]) -> bool:
     return len(numbers) == len(set(numbers)) and markers == set(numbers)
 
 
-def _best_score(ask: dict[str, Any]) -> float | None:
-    for key in BEST_SCORE_KEYS:
-        value = ask.get(key)
-        if isinstance(value, int | float):
-            return float(value)
-    return None
+def _confidence(ask: dict[str, Any]) -> float | None:
+    """The ask's `confidence`: the score of its best answering sentence (null when it has none)."""
+    value = ask.get("confidence")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -650,7 +596,7 @@ def per_question(outcomes: list[Outcome]) -> list[dict[str, Any]]:
                 answer=o.ask["answer"],
                 abstained=o.ask["abstained"],
                 cited=[c["doc_id"] for c in o.ask["citations"]],
-                best_score=_best_score(o.ask),
+                confidence=_confidence(o.ask),
                 search_ms=o.search_ms and round(o.search_ms, 1),
                 ask_ms=round(o.ask_ms or 0.0, 1),
             )
@@ -681,10 +627,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             store = args.store or default_store(dataset)
             print(f"ragqa-eval: indexing {dataset.corpus} into {store}", file=sys.stderr, flush=True)
-            build_store(dataset, store)
-            with running_service(store) as service:
-                url = service.url
-                result = evaluate(args, dataset, url)
+            index_corpus([dataset.corpus], store)
+            with running_service(store) as service:  # its log in a temporary file
+                result = evaluate(args, dataset, service.url)
             result["store"] = str(store)
     except Exception as exc:  # a clear message, not a traceback, for a failed run
         print(f"ragqa-eval: {type(exc).__name__}: {exc}", file=sys.stderr)

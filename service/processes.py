@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +45,14 @@ class RunningProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def command(self) -> list[str]:
+        """The command line the process was started with."""
+        args = self.process.args
+        if isinstance(args, str | bytes | os.PathLike):
+            return [os.fsdecode(args)]
+        return [os.fsdecode(a) for a in args]
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
@@ -134,13 +143,26 @@ def running_process(
 
 @contextmanager
 def running_service(
-    store: Path, log: Path, log_level: str = "INFO", env: Mapping[str, str] | None = None
+    store: Path,
+    log: Path | None = None,
+    log_level: str = "INFO",
+    env: Mapping[str, str] | None = None,
+    timeout: float = READY_TIMEOUT,
 ) -> Iterator[RunningProcess]:
     """The real service over `store` on a free port of 127.0.0.1, ready (an index loaded); stopped on
-    exit."""
+    exit. Without `log`, its output goes to a temporary file, removed on exit (the errors raised on
+    the way carry its tail)."""
+    if log is None:
+        with (
+            tempfile.TemporaryDirectory(prefix="ragqa-service-") as folder,
+            running_service(store, Path(folder) / "service.log", log_level, env, timeout) as running,
+        ):
+            yield running
+        return
     port = free_port()
     environment = dict(os.environ if env is None else env)
+    url = f"http://127.0.0.1:{port}"
     with running_process(
-        service_command(store, port, log_level), f"http://127.0.0.1:{port}", log, env=environment
+        service_command(store, port, log_level), url, log, env=environment, timeout=timeout
     ) as running:
         yield running

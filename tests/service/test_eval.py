@@ -88,7 +88,14 @@ def test_eval_reports_every_figure_in_range(tmp_path: Path) -> None:
         assert result["figures"]["latency_ms"][route]["p50"] > 0
     assert result["index_version"]
     assert "service.eval" in result["command"]
-    assert (tmp_path / "var" / "eval" / "results" / "tiny-all-0.json").is_file()
+    written = tmp_path / "var" / "eval" / "results" / "tiny-all-0.json"
+    # Each question's record carries the ask's confidence (the API's `confidence`): a number for
+    # every answered question.
+    answered = [q for q in json.loads(written.read_text())["questions"] if q.get("abstained") is False]
+    assert answered, "the tiny dataset should have answered questions"
+    for record in answered:
+        assert isinstance(record["confidence"], float), record
+    assert result["figures"]["confidences_reported"] >= len(answered)
 
 
 def test_missing_dataset_exits_2_without_traceback(tmp_path: Path) -> None:
