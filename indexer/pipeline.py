@@ -12,7 +12,7 @@ import importlib.metadata
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from indexer import store as st
 from indexer.chunking import Chunker, ChunkerSettings
 from indexer.config import IndexSettings
 from indexer.documents import Document, LoadError, Skipped, SourceFile, discover, load
-from indexer.embedding import Embedder, load_embedder
+from indexer.embedding import Embedder, ModelInfo, load_embedder
 
 log = logging.getLogger("ragqa.indexer")
 
@@ -57,13 +57,17 @@ class _Plan:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def chunker_fingerprint(settings: IndexSettings, model_max_tokens: int) -> dict[str, Any]:
-    return {
-        "splitter": f"syntok {importlib.metadata.version('syntok')}; blank lines and headings end sentences",
-        "max_tokens": min(settings.chunk_tokens, model_max_tokens),
-        "overlap_sentences": settings.chunk_overlap,
-        "embed_title": True,
-    }
+EMBEDDED_TEXT = "title (at most 32 tokens), a newline, then the chunk text"
+SENTENCE_VECTORS = "mean of the chunk's contextual token embeddings inside each sentence"
+
+
+def chunker_fingerprint(settings: IndexSettings, model_max_tokens: int) -> st.ChunkerSpec:
+    return st.ChunkerSpec(
+        splitter=f"syntok {importlib.metadata.version('syntok')}; blank lines and headings end sentences",
+        max_tokens=min(settings.chunk_tokens, model_max_tokens),
+        overlap_sentences=settings.chunk_overlap,
+        embed_title=True,
+    )
 
 
 def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False) -> IndexReport:
@@ -105,7 +109,7 @@ def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False)
         builder = _VersionBuilder(store, settings, previous)
         data = builder.build(plan)
         version_id = st.new_version_id()
-        data.manifest["version"] = version_id
+        data.manifest = replace(data.manifest, version=version_id)
         st.write_version(store, version_id, data)
         st.publish(store, version_id)
         keep = {version_id} | ({previous.version_id} if previous else set())
@@ -194,7 +198,7 @@ def _record(document: Document) -> st.DocumentRecord:
 
 def _unchanged(previous: st.Version, plan: _Plan, settings: IndexSettings) -> bool:
     manifest = previous.manifest
-    if manifest["chunker"] != chunker_fingerprint(settings, manifest["model"]["max_seq_length"]):
+    if manifest.chunker != chunker_fingerprint(settings, manifest.model.max_seq_length):
         return False
     before = {doc_id: d.sha256 for doc_id, d in previous.documents.items()}
     after = {d.doc_id: d.sha256 for d in plan.documents}
@@ -225,7 +229,7 @@ class _VersionBuilder:
         chunker = Chunker(
             embedder.tokenizer,
             ChunkerSettings(
-                max_tokens=fingerprint["max_tokens"], overlap_sentences=fingerprint["overlap_sentences"]
+                max_tokens=fingerprint.max_tokens, overlap_sentences=fingerprint.overlap_sentences
             ),
         )
         reusable = self._reusable_chunks(fingerprint)
@@ -247,24 +251,11 @@ class _VersionBuilder:
                 texts.append(text)
 
         vectors, sentence_vectors = self._vectors(chunks, texts, info.dimension)
-        manifest = {
-            "format": st.FORMAT_VERSION,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model": info.as_dict(),
-            "chunker": fingerprint,
-            "embedded_text": "title (at most 32 tokens), a newline, then the chunk text",
-            "sentence_vectors": "mean of the chunk's contextual token embeddings inside each sentence",
-            "index": {"dense": "faiss.IndexFlatIP", "bm25": "bm25s, English stopwords, same texts"},
-            "counts": {
-                "documents": len(plan.documents),
-                "chunks": len(chunks),
-                "sentences": sum(len(c.sentences) for c in chunks),
-            },
-        }
+        manifest = _manifest(info, fingerprint, len(plan.documents), chunks)
         return st.VersionData(manifest, plan.documents, chunks, plan.files, vectors, sentence_vectors, texts)
 
-    def _reusable_chunks(self, fingerprint: dict[str, Any]) -> dict[tuple[str, str], list[st.ChunkRecord]]:
-        if self.previous is None or self.previous.manifest["chunker"] != fingerprint:
+    def _reusable_chunks(self, fingerprint: st.ChunkerSpec) -> dict[tuple[str, str], list[st.ChunkRecord]]:
+        if self.previous is None or self.previous.manifest.chunker != fingerprint:
             return {}
         by_doc: dict[tuple[str, str], list[st.ChunkRecord]] = {}
         for chunk in self.previous.chunks:
@@ -314,6 +305,25 @@ class _VersionBuilder:
         vectors = np.stack([known[c.hash][0] for c in chunks]).astype(np.float32, copy=False)
         sentence_vectors = np.concatenate([known[c.hash][1:] for c in chunks]).astype(np.float32, copy=False)
         return vectors, sentence_vectors
+
+
+def _manifest(
+    info: ModelInfo, chunker: st.ChunkerSpec, documents: int, chunks: list[st.ChunkRecord]
+) -> st.Manifest:
+    return st.Manifest(
+        format=st.FORMAT_VERSION,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        model=st.ModelSpec(info.name, info.dimension, info.max_seq_length, info.normalized),
+        chunker=chunker,
+        embedded_text=EMBEDDED_TEXT,
+        sentence_vectors=SENTENCE_VECTORS,
+        index=st.IndexSpec(
+            dense="faiss.IndexFlatIP",
+            bm25="bm25s, English stopwords, same texts",
+            lexical_tokenizer=st.LexicalTokenizerSpec(library="bm25s", stopwords="en", lower=True),
+        ),
+        counts=st.Counts(documents, len(chunks), sum(len(c.sentences) for c in chunks)),
+    )
 
 
 def _relative(sentences: tuple[st.Span, ...], origin: int) -> list[st.Span]:

@@ -1,8 +1,10 @@
-"""The store: the one contract between the indexer (which writes it) and the service (which reads it).
+"""The store's on-disk format, written by the indexer. The service reads it only through the
+`StoreReader` interface of indexer.reader, whose local implementation loads the files below.
 
     <store>/CURRENT              the live version's id; replaced atomically to publish
     <store>/versions/<id>/       one complete, immutable index:
-        manifest.json            format, model, chunker settings, counts, created time
+        manifest.json            format, model, chunker settings, the lexical tokenizer's settings,
+                                 counts, created time (the `Manifest` dataclass)
         documents.jsonl          {"doc_id", "title", "source", "text", "metadata", "sha256"} a line
         chunks.jsonl             {"chunk_id", "doc_id", "start", "end", "sentences", "hash"} a line;
                                  chunk_id is the row in index.faiss, sentences are [start, end] pairs
@@ -10,7 +12,8 @@
         index.faiss              inner-product index of the normalised chunk vectors
         sentences.npy            float32 vectors of every chunk's sentences, in chunk order (the
                                  sentences of chunk i follow those of chunks 0..i-1)
-        bm25/                    bm25s index and its tokenizer's vocabulary, over the same texts
+        bm25/                    bm25s index and its tokenizer's vocabulary, over the same texts,
+                                 tokenized as the manifest's index.lexical_tokenizer says
     <store>/cache/embeddings.sqlite   a chunk's vector and its sentences' vectors, keyed by
                                       (model, sha256 of the embedded text and sentence spans)
     <store>/.lock                held by the one indexer that may write
@@ -27,12 +30,14 @@ import logging
 import os
 import shutil
 import sqlite3
+import types
+import typing
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -86,11 +91,119 @@ class FileRecord:
     doc_ids: tuple[str, ...]
 
 
+# --- manifest --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The embedding model every vector of the version comes from."""
+
+    name: str
+    dimension: int
+    max_seq_length: int
+    normalized: bool = True  # L2-normalised vectors: inner product is cosine
+
+
+@dataclass(frozen=True)
+class ChunkerSpec:
+    """The chunker's settings: a version's chunks are reused only by a run with equal settings."""
+
+    splitter: str
+    max_tokens: int
+    overlap_sentences: int
+    embed_title: bool
+
+
+@dataclass(frozen=True)
+class LexicalTokenizerSpec:
+    """How the lexical index tokenizes the chunks' texts; a query must be tokenized the same way.
+
+    Absent from the manifests of the first format-2 stores, which were all written with these defaults."""
+
+    library: str = "bm25s"
+    stopwords: str | None = "en"
+    lower: bool = True
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    dense: str  # a description, e.g. "faiss.IndexFlatIP"
+    bm25: str  # a description
+    lexical_tokenizer: LexicalTokenizerSpec = LexicalTokenizerSpec()
+
+
+@dataclass(frozen=True)
+class Counts:
+    documents: int
+    chunks: int
+    sentences: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json, typed. Field order is the file's key order; `version` is absent while a version is
+    being built and written last."""
+
+    format: int
+    created: str  # ISO 8601, UTC
+    model: ModelSpec
+    chunker: ChunkerSpec
+    embedded_text: str  # a description of what was embedded for each chunk
+    sentence_vectors: str  # a description of how the sentence vectors were made
+    index: IndexSpec
+    counts: Counts
+    version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        value = asdict(self)
+        if self.version is None:
+            del value["version"]
+        return value
+
+    @classmethod
+    def from_json(cls, value: Any, where: str = "manifest") -> Manifest:
+        """Read a manifest; a missing or ill-typed field is a StoreError, an unknown one is ignored."""
+        return _from_json(cls, value, where, "")
+
+
+_T = TypeVar("_T")
+
+
+def _from_json(cls: type[_T], value: Any, where: str, prefix: str) -> _T:
+    if not isinstance(value, dict):
+        raise StoreError(f"{where}: {prefix.rstrip('.') or 'the manifest'} is not a JSON object")
+    hints = typing.get_type_hints(cls)
+    known: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        name = prefix + f.name
+        if f.name not in value:
+            if f.default is MISSING:
+                raise StoreError(f"{where}: no {name!r}")
+            continue
+        kind, item = hints[f.name], value[f.name]
+        if isinstance(kind, type) and is_dataclass(kind):
+            item = _from_json(kind, item, where, name + ".")
+        elif not _is_a(item, kind):
+            raise StoreError(f"{where}: {name} is {item!r}, not {getattr(kind, '__name__', kind)}")
+        known[f.name] = item
+    return cls(**known)
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    if isinstance(kind, types.UnionType):
+        return any(_is_a(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
 @dataclass
 class VersionData:
     """Everything a version holds, in memory, before it is written."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     documents: list[DocumentRecord]
     chunks: list[ChunkRecord]
     files: list[FileRecord]
@@ -156,6 +269,7 @@ def write_version(store: Path, version_id: str, data: VersionData) -> Path:
     """Write a complete version next to the live one and flush it; not yet published."""
     import faiss
 
+    _check_consistent(data)
     final = versions_dir(store) / version_id
     tmp = versions_dir(store) / f"{TMP_PREFIX}{version_id}"
     if tmp.exists():
@@ -167,7 +281,7 @@ def write_version(store: Path, version_id: str, data: VersionData) -> Path:
     _write_json(tmp / "files.json", {"files": [asdict(f) for f in data.files]})
 
     vectors = np.ascontiguousarray(data.vectors, dtype=np.float32)
-    index = faiss.IndexFlatIP(int(data.manifest["model"]["dimension"]))
+    index = faiss.IndexFlatIP(data.manifest.model.dimension)
     if len(vectors):
         index.add(vectors)
     faiss.write_index(index, str(tmp / "index.faiss"))
@@ -177,12 +291,27 @@ def write_version(store: Path, version_id: str, data: VersionData) -> Path:
         np.save(fh, np.ascontiguousarray(data.sentence_vectors, dtype=np.float32))
         fh.flush()
         os.fsync(fh.fileno())
-    _write_bm25(tmp / "bm25", data.bm25_texts)
-    _write_json(tmp / "manifest.json", data.manifest)  # last: a version without one is incomplete
+    _write_bm25(tmp / "bm25", data.bm25_texts, data.manifest.index.lexical_tokenizer)
+    write_manifest(tmp, data.manifest)  # last: a version without one is incomplete
     _fsync_dir(tmp)
     os.replace(tmp, final)
     _fsync_dir(versions_dir(store))
     return final
+
+
+def _check_consistent(data: VersionData) -> None:
+    """Never write a version that its reader would refuse."""
+    sentences = sum(len(c.sentences) for c in data.chunks)
+    counts = Counts(len(data.documents), len(data.chunks), sentences)
+    if data.manifest.counts != counts:
+        raise StoreError(f"the manifest counts {data.manifest.counts}, the version holds {counts}")
+    if [c.chunk_id for c in data.chunks] != list(range(len(data.chunks))):
+        raise StoreError("chunk ids must be 0, 1, 2... in order")
+    dimension = data.manifest.model.dimension
+    if data.vectors.shape != (len(data.chunks), dimension):
+        raise StoreError(f"{data.vectors.shape} chunk vectors for {len(data.chunks)} chunks of {dimension}")
+    if data.sentence_vectors.shape != (sentences, dimension):
+        raise StoreError(f"{data.sentence_vectors.shape} sentence vectors for {sentences} sentences")
 
 
 def publish(store: Path, version_id: str) -> None:
@@ -216,13 +345,20 @@ def _chunk_row(chunk: ChunkRecord) -> dict[str, Any]:
     return row
 
 
-def _write_bm25(folder: Path, texts: list[str]) -> None:
-    import bm25s
+def bm25_tokenizer(spec: LexicalTokenizerSpec) -> Any:
+    """The lexical index's tokenizer, as the manifest describes it (without its vocabulary)."""
+    if spec.library != "bm25s":
+        raise StoreError(f"unknown lexical index library {spec.library!r}; this ragqa reads bm25s")
     from bm25s.tokenization import Tokenizer
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return Tokenizer(stopwords=spec.stopwords, lower=spec.lower)
 
-    tokenizer = Tokenizer(stopwords="en", lower=True)
+
+def _write_bm25(folder: Path, texts: list[str], spec: LexicalTokenizerSpec) -> None:
+    import bm25s
+
+    tokenizer = bm25_tokenizer(spec)
     tokens = tokenizer.tokenize(texts, return_as="ids", show_progress=False)
     retriever = bm25s.BM25()
     retriever.index(tokens, show_progress=False)
@@ -264,26 +400,33 @@ def _fsync_dir(path: Path) -> None:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read_manifest(version_path: Path) -> dict[str, Any]:
+def read_manifest(version_path: Path) -> Manifest:
     try:
         with open(version_path / "manifest.json", encoding="utf-8") as fh:
-            manifest: dict[str, Any] = json.load(fh)
+            raw = json.load(fh)
     except FileNotFoundError as exc:
         raise StoreError(f"{version_path} is not a complete version (no manifest.json)") from exc
-    if manifest.get("format") != FORMAT_VERSION:
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{version_path}/manifest.json cannot be read: {exc}") from exc
+    found = raw.get("format") if isinstance(raw, dict) else None
+    if found != FORMAT_VERSION:
         raise StoreError(
-            f"{version_path} has store format {manifest.get('format')!r}; this ragqa reads format "
+            f"{version_path} has store format {found!r}; this ragqa reads format "
             f"{FORMAT_VERSION}. Rebuild the store with ragqa-index --rebuild."
         )
-    return manifest
+    return Manifest.from_json(raw, f"{version_path}/manifest.json")
 
 
-def check_model(store: Path, manifest: dict[str, Any], model_name: str) -> None:
-    built_with = manifest["model"]["name"]
+def write_manifest(version_path: Path, manifest: Manifest) -> None:
+    _write_json(version_path / "manifest.json", manifest.to_json())
+
+
+def check_model(store: Path, manifest: Manifest, model_name: str) -> None:
+    built_with = manifest.model.name
     if built_with != model_name:
         raise ModelMismatchError(
             f"the store {store} was built with the embedding model {built_with!r} "
-            f"({manifest['model']['dimension']} dimensions), but the configured model is "
+            f"({manifest.model.dimension} dimensions), but the configured model is "
             f"{model_name!r}. Either configure RAGQA_MODEL={built_with!r}, or rebuild the store "
             f"for the new model: ragqa-index --rebuild --store {store} PATH..."
         )
@@ -291,12 +434,13 @@ def check_model(store: Path, manifest: dict[str, Any], model_name: str) -> None:
 
 @dataclass
 class Version:
-    """One published version, read back: what the service serves and the indexer builds on."""
+    """One published version's records, read back: what the indexer builds on, and what a reader
+    (indexer.reader) loads its indexes next to."""
 
     store: Path
     version_id: str
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     documents: dict[str, DocumentRecord]
     chunks: list[ChunkRecord]
     files: list[FileRecord]
@@ -310,11 +454,21 @@ class Version:
         return faiss.read_index(str(self.path / "index.faiss"))
 
     def load_sentence_vectors(self) -> np.ndarray:
+        """Every chunk's sentences' vectors, in chunk order: not yet checked against the chunks."""
         vectors: np.ndarray = np.load(self.path / "sentences.npy")
         return vectors
 
     def bm25_folder(self) -> Path:
         return self.path / "bm25"
+
+    def load_bm25(self) -> tuple[Any, Any]:
+        """The BM25 index and its tokenizer, set up as the manifest says and with its vocabulary."""
+        import bm25s
+
+        tokenizer = bm25_tokenizer(self.manifest.index.lexical_tokenizer)
+        retriever = bm25s.BM25.load(str(self.bm25_folder()))
+        tokenizer.load_vocab(str(self.bm25_folder()))
+        return retriever, tokenizer
 
 
 def open_version(store: Path, model_name: str | None = None, version_id: str | None = None) -> Version:

@@ -1,4 +1,4 @@
-"""Hot reload: the service serves the version that CURRENT names and swaps in a newer one when the
+"""Hot reload: the service serves the store's live version and swaps in a newer one when the
 indexer publishes it. A new version is loaded completely in the background before the swap; a request
 keeps the version it started with until it ends, so none fails across a re-index."""
 
@@ -49,7 +49,7 @@ class IndexHolder:
             self._thread.join(timeout=10)
 
     def refresh(self) -> bool:
-        """Load the version CURRENT names if it is not the one served; True when it swapped."""
+        """Load the store's live version if it is not the one served; True when it swapped."""
         version_id = st.current_version_id(self.store)
         if version_id is None or (self._current is not None and self._current.version_id == version_id):
             return False

@@ -1,4 +1,4 @@
-"""Request and response models of the v1 HTTP API (the contract in DESIGN.md)."""
+"""Request and response models of the v1 HTTP API (described in the README and docs/architecture.md)."""
 
 from __future__ import annotations
 

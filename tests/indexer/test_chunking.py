@@ -227,7 +227,7 @@ def test_split_sentences_spans_are_trimmed_ordered_and_cover_the_text(text: str)
         assert previous_end <= s < e <= len(text)
         assert text[s:e] == text[s:e].strip() != ""
         previous_end = e
-    covered = set()
+    covered: set[int] = set()
     for s, e in spans:
         covered.update(range(s, e))
     assert all(i in covered for i, c in enumerate(text) if not c.isspace())

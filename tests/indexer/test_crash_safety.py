@@ -23,7 +23,7 @@ def assert_version_loads(store: Path, version_id: str) -> None:
     version = st.open_version(store)
     assert version.version_id == version_id
     index = version.load_faiss()
-    assert index.ntotal == len(version.chunks) == version.manifest["counts"]["chunks"]
+    assert index.ntotal == len(version.chunks) == version.manifest.counts.chunks
     for chunk in version.chunks:
         assert version.chunk_text(chunk).strip()
 

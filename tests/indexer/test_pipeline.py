@@ -51,13 +51,10 @@ def test_store_holds_exact_offsets_normalised_vectors_and_a_bm25_index(tmp_path,
     run_index([repo / "corpus"], settings_for(store))
     version = st.open_version(store, model_name=IndexSettings().model)
     manifest = version.manifest
-    assert manifest["model"] == {
-        "name": "sentence-transformers/all-MiniLM-L6-v2",
-        "dimension": 384,
-        "max_seq_length": 256,
-        "normalized": True,
-    }
-    assert manifest["counts"]["chunks"] == len(version.chunks)
+    assert manifest.model == st.ModelSpec(
+        name="sentence-transformers/all-MiniLM-L6-v2", dimension=384, max_seq_length=256, normalized=True
+    )
+    assert manifest.counts.chunks == len(version.chunks)
     seed_text = (repo / "seeds" / "000_c691a4b25f50d746.txt").read_text(encoding="utf-8")
     for chunk in version.chunks:
         text = version.chunk_text(chunk)
@@ -181,9 +178,7 @@ def test_a_store_built_with_another_model_is_a_clear_error_and_rebuild_fixes_it(
 
     report = run_index([repo / "corpus"], other, rebuild=True)
     assert report.embedded == report.chunks
-    assert (
-        st.open_version(store, model_name="all-MiniLM-L6-v2").manifest["model"]["name"] == "all-MiniLM-L6-v2"
-    )
+    assert st.open_version(store, model_name="all-MiniLM-L6-v2").manifest.model.name == "all-MiniLM-L6-v2"
 
 
 def test_a_model_given_as_a_local_folder_works(tmp_path, repo):
@@ -195,7 +190,7 @@ def test_a_model_given_as_a_local_folder_works(tmp_path, repo):
     run_index([repo / "corpus"], settings_for(store_a, model=str(folder)))
     run_index([repo / "corpus"], settings_for(store_b))
     a, b = st.open_version(store_a), st.open_version(store_b)
-    assert a.manifest["model"]["name"] == str(folder)
+    assert a.manifest.model.name == str(folder)
     assert [c.hash for c in a.chunks] == [c.hash for c in b.chunks]
     va = a.load_faiss().reconstruct_n(0, len(a.chunks))
     vb = b.load_faiss().reconstruct_n(0, len(b.chunks))

@@ -290,9 +290,9 @@ def test_the_checker_keeps_what_a_cited_source_says_and_drops_the_rest(gen_store
     from service.retrieval import Hit
 
     loaded = LoadedIndex.load(gen_store, IndexSettings().model)
-    chunks = [c for c in loaded.version.chunks if c.doc_id == STOLTENBERG]
-    armenia = next(c for c in chunks if "security guarantees" in loaded.version.chunk_text(c))
-    other = next(c for c in loaded.version.chunks if c.doc_id != STOLTENBERG and "honey" not in c.doc_id)
+    chunks = [c for c in loaded.chunk_records() if c.doc_id == STOLTENBERG]
+    armenia = next(c for c in chunks if "security guarantees" in loaded.chunk_text(c.chunk_id))
+    other = next(c for c in loaded.chunk_records() if c.doc_id != STOLTENBERG and "honey" not in c.doc_id)
     hits = [Hit(other.chunk_id, 1.0), Hit(armenia.chunk_id, 0.9)]
     encoder = BatchingEncoder(load_embedder(IndexSettings().model))
     checker = generative.Checker(loaded, hits, encoder, 0.7)
@@ -326,7 +326,7 @@ def test_sentences_addressed_to_the_model_are_withheld_from_it(gen_store: Path) 
     from service.retrieval import Hit
 
     loaded = LoadedIndex.load(gen_store, IndexSettings().model)
-    honey = next(c for c in loaded.version.chunks if c.doc_id == "honey.md")
+    honey = next(c for c in loaded.chunk_records() if c.doc_id == "honey.md")
     prompt = generative.messages(loaded, [Hit(honey.chunk_id, 1.0)], "How do bees make honey?", [])
     user = prompt[-1]["content"]
     assert INJECTED not in user and generative.WITHHELD in user
