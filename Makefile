@@ -44,7 +44,8 @@ serve: setup
 test: setup-test
 	$(BIN)/python -m pytest
 
-# Everything but the tests marked slow (the LLM server, the browser, SIGKILL, fuzzing): under a minute.
+# Everything but the tests marked slow (the LLM server, the browser, SIGKILL, fuzzing, processes of
+# their own that load the model): under a minute on two cores.
 test-fast: setup-test
 	$(BIN)/python -m pytest -m "not slow"
 

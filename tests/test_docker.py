@@ -11,9 +11,12 @@ import shlex
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service.config import ServiceSettings
+
+pytestmark = pytest.mark.unit  # reads the files: no Docker engine, no process
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text(encoding="utf-8")

@@ -193,6 +193,7 @@ TITLES = st.one_of(
 # --- properties --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # hypothesis fuzzing: 150 generated documents through the chunker
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     text=DOCUMENTS,
@@ -218,6 +219,7 @@ def test_chunking_properties(tokenizer, text: str, title: str, max_tokens: int, 
     assert chunker_for(tokenizer, max_tokens, overlap).chunk(text, title) == chunks
 
 
+@pytest.mark.unit
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(text=DOCUMENTS)
 def test_split_sentences_spans_are_trimmed_ordered_and_cover_the_text(text: str) -> None:
@@ -240,6 +242,7 @@ def sentence_texts(text: str) -> list[str]:
     return [text[s:e] for s, e in split_sentences(text)]
 
 
+@pytest.mark.unit
 def test_seed_paragraph_splits_at_sentence_ends() -> None:
     found = sentence_texts(SEED_PARAGRAPH)
     assert found == [
@@ -257,6 +260,7 @@ def test_seed_paragraph_splits_at_sentence_ends() -> None:
     ]
 
 
+@pytest.mark.unit
 def test_seed_file_sentences_keep_the_quoted_and_parenthesised_ones_whole(repo) -> None:
     text = (repo / "seeds" / "000_c691a4b25f50d746.txt").read_text(encoding="utf-8")
     found = sentence_texts(text)
@@ -273,6 +277,7 @@ def test_seed_file_sentences_keep_the_quoted_and_parenthesised_ones_whole(repo) 
     assert found[0] == "Stoltenberg in the South Caucasus"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -294,6 +299,7 @@ def test_abbreviations_and_numbers_do_not_split(text: str, expected: list[str]) 
     assert sentence_texts(text) == expected
 
 
+@pytest.mark.unit
 def test_blank_document_has_no_chunks(tokenizer) -> None:
     chunker = chunker_for(tokenizer, 256)
     for text in ["", " ", "\n\n\t \r\n", "\u3000\u00a0"]:
@@ -301,6 +307,7 @@ def test_blank_document_has_no_chunks(tokenizer) -> None:
         assert split_sentences(text) == []
 
 
+@pytest.mark.unit
 def test_sentence_longer_than_the_budget_is_cut_into_pieces_that_fit(tokenizer) -> None:
     words = ["Alpha", "beta", "gamma", "delta", "unbelievably", "Karabakh", "antidisestablishmentarianism"]
     sentence = " ".join(words[i % len(words)] for i in range(700)) + "."
@@ -322,6 +329,7 @@ def test_sentence_longer_than_the_budget_is_cut_into_pieces_that_fit(tokenizer) 
         assert embedded_tokens(tokenizer, chunker.embed_text(title, text[s:e])) <= 64
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("max_tokens", [32, 64, 256])
 def test_piece_cut_inside_a_word_still_fits(tokenizer, max_tokens: int) -> None:
     # Cut at a word-piece boundary, the rest of a word can take more word pieces alone than it had in
@@ -336,6 +344,7 @@ def test_piece_cut_inside_a_word_still_fits(tokenizer, max_tokens: int) -> None:
     assert len(chunks) > 3
 
 
+@pytest.mark.unit
 def test_overlap_of_one_repeats_the_last_sentence(tokenizer) -> None:
     text = " ".join(f"Sentence number {i} is short." for i in range(40))
     chunker = chunker_for(tokenizer, 64, overlap=1)
@@ -347,6 +356,7 @@ def test_overlap_of_one_repeats_the_last_sentence(tokenizer) -> None:
         assert len(following.sentences) > 1  # every chunk makes progress
 
 
+@pytest.mark.unit
 def test_overlap_of_zero_shares_nothing(tokenizer) -> None:
     text = " ".join(f"Sentence number {i} is short." for i in range(40))
     chunks = chunker_for(tokenizer, 64, overlap=0).chunk(text)
@@ -356,12 +366,14 @@ def test_overlap_of_zero_shares_nothing(tokenizer) -> None:
         assert text[previous.end : following.start].isspace()
 
 
+@pytest.mark.unit
 def test_whole_document_fits_one_chunk_at_the_model_window(tokenizer) -> None:
     chunker = chunker_for(tokenizer, 256)
     chunks = chunker.chunk(SEED_PARAGRAPH, "Stoltenberg in the South Caucasus")
     assert chunks == [Chunk(0, len(SEED_PARAGRAPH), tuple(split_sentences(SEED_PARAGRAPH)))]
 
 
+@pytest.mark.unit
 def test_embed_prefix_cuts_a_long_title(tokenizer) -> None:
     chunker = chunker_for(tokenizer, 256)
     title = " ".join(["Stoltenberg in the South Caucasus and the unbelievably long title"] * 20)
@@ -377,6 +389,7 @@ def test_embed_prefix_cuts_a_long_title(tokenizer) -> None:
     assert no_titles.embed_text(title, "chunk") == "chunk"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("max_tokens", [32, 64])
 def test_long_title_in_a_small_window_still_chunks(tokenizer, max_tokens: int) -> None:
     chunker = chunker_for(tokenizer, max_tokens)
@@ -387,6 +400,7 @@ def test_long_title_in_a_small_window_still_chunks(tokenizer, max_tokens: int) -
     check_chunks(tokenizer, chunker, SEED_PARAGRAPH, title, chunks)
 
 
+@pytest.mark.unit
 def test_window_too_small_is_refused(tokenizer) -> None:
     with pytest.raises(ValueError, match="too small"):
         chunker_for(tokenizer, 8).chunk("Some text here.")

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from indexer import store as st
 from indexer.config import IndexSettings
 from indexer.pipeline import run_index
@@ -70,6 +72,7 @@ def wait_for_cached_vectors(store: Path, more_than: int, timeout: float = 120) -
     raise AssertionError("the indexer saved no vectors in time")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_leaves_the_previous_version_live_and_the_next_run_completes(tmp_path):
     store = tmp_path / "store"
     small = write_corpus(tmp_path / "small", documents=2, paragraphs=1)
@@ -99,6 +102,7 @@ def test_sigkill_mid_run_leaves_the_previous_version_live_and_the_next_run_compl
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_the_version_leaves_the_previous_one_live(tmp_path):
     store = tmp_path / "store"
     corpus = write_corpus(tmp_path / "corpus", documents=30, paragraphs=2)
@@ -118,6 +122,7 @@ def test_sigkill_while_writing_the_version_leaves_the_previous_one_live(tmp_path
         assert_version_loads(store, rerun.version)
 
 
+@pytest.mark.service
 def test_a_second_indexer_fails_clearly_while_the_lock_is_held(tmp_path):
     store = tmp_path / "store"
     corpus = write_corpus(tmp_path / "corpus", documents=1, paragraphs=1)
@@ -128,6 +133,7 @@ def test_a_second_indexer_fails_clearly_while_the_lock_is_held(tmp_path):
     assert st.current_version_id(store) is None
 
 
+@pytest.mark.slow  # an indexer process that waits, then loads the model
 def test_a_second_indexer_waits_for_the_lock_then_completes(tmp_path):
     store = tmp_path / "store"
     corpus = write_corpus(tmp_path / "corpus", documents=1, paragraphs=1)
@@ -158,6 +164,7 @@ def test_a_second_indexer_waits_for_the_lock_then_completes(tmp_path):
     assert_version_loads(store, last_json(stdout)["version"])
 
 
+@pytest.mark.slow  # two indexer processes racing, each loading the model
 def test_two_indexers_started_together_leave_one_consistent_store(tmp_path):
     store = tmp_path / "store"
     a = write_corpus(tmp_path / "a", documents=20, paragraphs=2, seed=1)

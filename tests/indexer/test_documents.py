@@ -24,6 +24,8 @@ from indexer.documents import (
     load,
 )
 
+pytestmark = pytest.mark.unit
+
 MB = 1024 * 1024
 FRENCH = "Café Déjà vu résumé. Le garçon a mangé une crème brûlée à côté de la fenêtre. "
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.unit
 
 
 def test_encode_short_gives_the_vectors_of_encode(embedder):

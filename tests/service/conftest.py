@@ -1,81 +1,142 @@
-"""Service fixtures: a real store built with the real bundled model, the real server (`python -m
-service.cli`) started as a subprocess on a free port of 127.0.0.1, and httpx talking to it over HTTP."""
+"""Service fixtures: a real store built with the real bundled model, and the app served two ways.
+
+- In process (tier `unit`): `api` is the real app over the session's store with its real lifespan
+  (`TestClient` as a context manager: Runtime.load, the hot-reload thread, the job worker), sharing
+  the model the tests' process loaded once. `bare_app` builds the app with its runtime by hand over
+  an empty store and a model that is loaded only if a question reaches it: the tests of validation,
+  keys, limits and 503s run without the model.
+- As a real process (tier `service`): `Server` is `python -m service.cli` on a free port of
+  127.0.0.1, started and stopped through service/processes.py, with an httpx client bound to it;
+  `server` is the session's one, over a copy of the same store. It is started in the background as
+  soon as the session's tests are known to need it, so that its start (an interpreter importing
+  torch and loading the model: seconds) overlaps the in-process tests, which run first."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-import socket
-import subprocess
-import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httpx
+import numpy as np
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import create_app
+from service.config import ServiceSettings
+from service.processes import (
+    READY_TIMEOUT,
+    RunningProcess,
+    free_port,
+    service_command,
+    start_process,
+    stop_process,
+)
 
 if TYPE_CHECKING:
+    import subprocess
+
+    from indexer.embedding import Embedder
     from indexer.pipeline import IndexReport
+    from service.index import LoadedIndex
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "corpus"
 STOLTENBERG = "stoltenberg-in-the-south-caucasus.md"
 ODD_ID = "wiki:A/B#1"  # a jsonl `_id` with '/' and '#': must travel URL-encoded
-START_TIMEOUT = 120.0  # loading the model on a busy two-core machine can take a while
+ARMENIA = "Why did Armenia freeze CSTO membership?"
+OFF_TOPIC = "What is the boiling point of mercury in Kelvin?"
+KEY = "test-key-1"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+class Reply(Protocol):
+    """What the tests read of an HTTP response, from a real server (httpx) or in process (the
+    TestClient's, which is httpx2's)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+# --- what any app counted ------------------------------------------------------------------------
+
+
+def request_counts(metrics_text: str) -> dict[tuple[str, str], float]:
+    """(route, status) → requests, from a Prometheus exposition of the app's metrics."""
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "ragqa_http_requests_total":
+                key = (sample.labels["route"], sample.labels["status"])
+                counts[key] = counts.get(key, 0) + sample.value
+    return counts
+
+
+def server_errors(counts: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    return {key: n for key, n in counts.items() if key[1].startswith("5")}
+
+
+# --- the real server as a process ----------------------------------------------------------------
 
 
 @dataclass
 class Server:
-    """A running `ragqa-serve` process and a client bound to it."""
+    """A running `ragqa-serve` process (service.processes.RunningProcess) and a client bound to it."""
 
-    process: subprocess.Popen[bytes]
-    base_url: str
+    running: RunningProcess
     store: Path
-    log: Path
     client: httpx.Client
 
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.running.process
 
-    def wait_for(self, path: str, status: int = 200, timeout: float = START_TIMEOUT) -> httpx.Response:
-        deadline = time.monotonic() + timeout
-        last: str = "no answer yet"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                response = self.client.get(path, timeout=5)
-                if response.status_code == status:
-                    return response
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-        raise TimeoutError(
-            f"{self.base_url}{path} not {status} after {timeout:.0f} s ({last}):\n{self.log_tail()}"
-        )
+    @property
+    def base_url(self) -> str:
+        return self.running.url
+
+    @property
+    def log(self) -> Path:
+        return self.running.log
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.running.log_tail(lines)
+
+    def wait_for(self, path: str, status: int = 200, timeout: float = READY_TIMEOUT) -> httpx.Response:
+        return self.running.wait_for(path, status, timeout)
 
     def statuses(self) -> dict[tuple[str, str], float]:
         """(route, status) → count, from the server's own /metrics."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        counts: dict[tuple[str, str], float] = {}
-        for family in text_string_to_metric_families(self.client.get("/metrics").text):
-            for sample in family.samples:
-                if sample.name == "ragqa_http_requests_total":
-                    key = (sample.labels["route"], sample.labels["status"])
-                    counts[key] = counts.get(key, 0) + sample.value
-        return counts
+        return request_counts(self.client.get("/metrics").text)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll `condition` until it holds; the seconds that took, or an AssertionError naming `what`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def server_env(**settings: str) -> dict[str, str]:
@@ -86,55 +147,33 @@ def server_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def start_server(store: Path, log: Path, **settings: str) -> Server:
-    """`python -m service.cli --store STORE --host 127.0.0.1 --port N`; returns once /healthz answers."""
+def start_server(store: Path, log: Path, ready_path: str = "/healthz", **settings: str) -> Server:
+    """`python -m service.cli --store STORE` on a free port; returns once `ready_path` answers 200
+    (/healthz: the process serves, with or without an index; /readyz: an index is loaded)."""
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "--store",
-                str(store),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=server_env(**settings),
-        )
-    server = Server(process, base_url, store, log, httpx.Client(base_url=base_url, timeout=30))
-    try:
-        server.wait_for("/healthz")
-    except BaseException:
-        server.client.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        raise
-    return server
+    running = start_process(
+        service_command(store, port),
+        f"http://127.0.0.1:{port}",
+        log,
+        ready_path=ready_path,
+        env=server_env(**settings),
+        cwd=REPO,
+    )
+    return Server(running, store, httpx.Client(base_url=running.url, timeout=30))
 
 
 def stop_server(server: Server) -> None:
     """SIGTERM, and check that uvicorn shut down gracefully (lifespan closed, process finished). Uvicorn
     re-raises the signal it handled, so a clean exit is -SIGTERM (or 0). SIGKILL if it hangs."""
     server.client.close()
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=10)
-            raise AssertionError(f"server ignored SIGTERM for 20 s:\n{server.log_tail()}") from None
+    if not stop_process(server.running, timeout=20):
+        raise AssertionError(f"server ignored SIGTERM for 20 s:\n{server.log_tail()}")
     code = server.process.returncode
     clean = code in (0, -signal.SIGTERM) and "Application shutdown complete" in server.log_tail()
     assert clean, f"server did not shut down cleanly (exit {code}):\n{server.log_tail()}"
+
+
+# --- stores --------------------------------------------------------------------------------------
 
 
 def write_extra_documents(folder: Path) -> Path:
@@ -156,16 +195,16 @@ def write_extra_documents(folder: Path) -> Path:
     return folder
 
 
-def index(paths: list[Path], store: Path) -> IndexReport:
+def index(paths: Sequence[Path], store: Path) -> IndexReport:
     """Index in this process with the real model (loaded once per process, then cached)."""
     from indexer.config import IndexSettings
     from indexer.pipeline import run_index
 
-    return run_index(paths, IndexSettings(store=store))
+    return run_index(list(paths), IndexSettings(store=store))
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
     """corpus/ plus the extra documents, indexed into a temporary store with the bundled model."""
     root = tmp_path_factory.mktemp("service-store")
     extra = write_extra_documents(root / "extra")
@@ -174,15 +213,184 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "store"
 
 
+SMALL_DOCUMENTS = {
+    "lighthouse.md": "# Lighthouses\n\nA keeper tended the lamp of the lighthouse every night. The beam "
+    "warned ships away from the rocks. Keepers lived in cottages beside the tower. Storms cut them off "
+    "for weeks at a time.\n\nToday most lighthouses run automatically. Their lamps switch on at dusk.\n",
+    "bread.md": "# Bread\n\nBakers knead the dough and leave it to rise. Sourdough rises with a starter of "
+    "wild yeast. A hot oven gives the loaf its crust. Rye bread is dense and dark.\n",
+    "volcano.md": "# Volcanoes\n\nA volcano erupts when molten rock reaches the surface. Ash clouds can "
+    "ground aircraft for days. Lava cools into black basalt. Some islands were built by eruptions.\n",
+}
+
+
 @pytest.fixture(scope="session")
-def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One real server for the session, over the shared store. At the end: no request of any test
-    got a 500, and the process shuts down cleanly."""
-    running = start_server(store, tmp_path_factory.mktemp("server-log") / "server.log")
+def small_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> LoadedIndex:
+    """Three tiny documents indexed in this process with small chunks (several per document, so that
+    chunks differ in how their sentences match), loaded as the service loads a store version."""
+    from indexer.config import IndexSettings
+    from indexer.pipeline import run_index
+    from service.index import LoadedIndex
+
+    root = tmp_path_factory.mktemp("small-store")
+    (root / "docs").mkdir()
+    for name, text in SMALL_DOCUMENTS.items():
+        (root / "docs" / name).write_text(text, encoding="utf-8")
+    settings = IndexSettings(store=root / "store", chunk_tokens=40)
+    assert run_index([root / "docs"], settings).documents == len(SMALL_DOCUMENTS)
+    return LoadedIndex.load(settings.store, settings.model)
+
+
+# --- the app in process --------------------------------------------------------------------------
+
+
+def app_errors(app: FastAPI) -> dict[tuple[str, str], float]:
+    """The requests an in-process app answered with a 5xx, from its own metrics."""
+    return server_errors(request_counts(generate_latest(app.state.metrics.registry).decode()))
+
+
+@contextmanager
+def serving(settings: ServiceSettings) -> Iterator[TestClient]:
+    """The real app with its real lifespan, in this process: Runtime.load takes the model this
+    process already loaded (`load_embedder` caches it), the holder loads the store's live version and
+    watches for newer ones, the job worker runs. Stopped on exit."""
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def api(store: Path, embedder: Embedder) -> Iterator[TestClient]:
+    """The session's in-process app over the session's store. At the end: no request got a 5xx."""
+    with serving(ServiceSettings(store=store)) as client:
+        yield client
+        errors = app_errors(cast(FastAPI, client.app))
+    assert not errors, f"requests answered with 5xx: {errors}"
+
+
+class DeferredModel:
+    """The real bundled model, loaded on the first text it has to encode (`load_embedder` caches it
+    per process). Not a stand-in: it answers with the real model's vectors. An app built over it
+    starts without loading the model, so the tests that never reach an answer do not load it, and
+    `loaded` tells whether any of them did."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loaded = False
+
+    def encode_short(self, texts: Sequence[str]) -> np.ndarray:
+        from indexer.embedding import load_embedder
+
+        self.loaded = True
+        return load_embedder(self.name).encode_short(texts)
+
+
+@dataclass
+class BareApp:
+    client: TestClient
+    model: DeferredModel
+    settings: ServiceSettings
+
+
+@contextmanager
+def bare_app(store: Path, **overrides: Any) -> Iterator[BareApp]:
+    """The real app (create_app) with a runtime built by hand, as its lifespan would but without
+    loading the model: a DeferredModel behind the real BatchingEncoder. `store` is usually an empty
+    folder (no index yet: reads answer 503). The job worker is not started: a test here never gets
+    as far as an index job."""
+    from indexer.embedding import Embedder
+    from service.encoder import BatchingEncoder
+    from service.holder import IndexHolder
+    from service.qa import QAService
+    from service.retrieval import Retriever
+    from service.runtime import Runtime
+    from service.writes import Jobs
+
+    settings = ServiceSettings(store=store, **overrides)
+    app = create_app(settings)
+    holder = IndexHolder(settings.store, settings.model, settings.reload_interval)
+    holder.refresh()
+    model = DeferredModel(settings.model)
+    # BatchingEncoder calls nothing of its embedder but encode_short, which DeferredModel has.
+    encoder = BatchingEncoder(cast(Embedder, model), settings.max_batch)
+    qa = QAService(settings, holder, encoder, Retriever(settings))
+    app.state.runtime = Runtime(settings, app.state.metrics, holder, encoder, qa, Jobs(settings))
     try:
-        running.wait_for("/readyz")
+        yield BareApp(TestClient(app), model, settings)
+    finally:
+        encoder.close()
+
+
+# --- the real server as a process, shared by the session -----------------------------------------
+
+
+@dataclass
+class EarlyServer:
+    """The session's server, being started in a background thread over `folder/store` (still empty:
+    the `server` fixture publishes the session's store into it, and its hot reload loads it)."""
+
+    folder: Path
+    future: Future[Server]
+
+
+EARLY_SERVER = pytest.StashKey[EarlyServer]()
+
+
+def launch_session_server(folder: Path) -> EarlyServer:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragqa-session-server")
+    future = executor.submit(start_server, folder / "store", folder / "server.log")
+    executor.shutdown(wait=False)
+    return EarlyServer(folder, future)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected what will not run
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.option.collectonly or session.testsfailed:  # nothing will run
+        return
+    if any("server" in getattr(item, "fixturenames", ()) for item in items):
+        folder = Path(tempfile.mkdtemp(prefix="ragqa-session-server-"))
+        config.stash[EARLY_SERVER] = launch_session_server(folder)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Whatever happened to the session (the `server` fixture stops the server it got and checks how
+    it ended), no server process outlives it, nor its folder."""
+    early = session.config.stash.get(EARLY_SERVER, None)
+    if early is None:
+        return
+    with suppress(Exception):  # a start that failed was reported by the `server` fixture
+        stop_process(early.future.result(timeout=READY_TIMEOUT).running)
+    shutil.rmtree(early.folder, ignore_errors=True)
+
+
+def publish_copy(store: Path, target: Path) -> None:
+    """Copy a store folder to `target` whole: a server watching `target` sees all of it or nothing."""
+    partial = target.with_name(f"{target.name}.partial")
+    shutil.copytree(store, partial)
+    if target.exists():
+        target.rmdir()  # an empty folder, if the server made one
+    partial.rename(target)
+
+
+@pytest.fixture(scope="session")
+def server(
+    request: pytest.FixtureRequest, store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One real server for the session, over a copy of the session's store (test_reload.py publishes
+    versions into it while it serves). At the end: no request of any test got a 5xx, and the process
+    shuts down cleanly on SIGTERM."""
+    early = request.config.stash.get(EARLY_SERVER, None)
+    if early is None:  # not foreseen at collection: start it now
+        early = launch_session_server(tmp_path_factory.mktemp("session-server"))
+    running = early.future.result()
+    try:
+        publish_copy(store, running.store)
+        running.wait_for("/readyz")  # answered 503 until the store was there: not the tests' doing
+        before = server_errors(running.statuses())
         yield running
-        errors = {key: n for key, n in running.statuses().items() if key[1].startswith("5")}
+        after = server_errors(running.statuses())
+        errors = {key: n - before.get(key, 0) for key, n in after.items() if n > before.get(key, 0)}
         assert not errors, f"requests answered with 5xx: {errors}"
     finally:
         stop_server(running)
@@ -191,3 +399,9 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
 @pytest.fixture(scope="session")
 def client(server: Server) -> httpx.Client:
     return server.client
+
+
+@pytest.fixture(scope="session")
+def sources(store: Path) -> list[Path]:
+    """The folders the session's store was indexed from: a new version of the same documents."""
+    return [CORPUS, store.parent / "extra"]

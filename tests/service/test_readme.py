@@ -1,4 +1,5 @@
-"""Every curl example in the README runs, as written, against a real server (only the address changes)."""
+"""Every curl and `ragqa` example in the README runs, as written, against the session's real server (only
+the address changes). The keyed write API's examples need a server with keys: test_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -27,16 +28,18 @@ def all_curl_examples() -> list[str]:
 
 
 def curl_examples() -> list[str]:
-    """The examples of the read API (the keyed write API's are run by test_writes.py)."""
+    """The examples of the read API (the keyed write API's are run by test_lifecycle.py)."""
     return [c for c in all_curl_examples() if "$KEY" not in c]
 
 
+@pytest.mark.unit
 def test_the_readme_has_curl_examples_for_every_route() -> None:
     commands = " ".join(curl_examples())
     for route in ("/v1/ask", "/v1/search", "/v1/documents", "/healthz", "/readyz", "/metrics"):
         assert route in commands
 
 
+@pytest.mark.service
 @pytest.mark.parametrize("command", curl_examples())
 def test_readme_curl_example(command: str, server: Server) -> None:
     result = subprocess.run(
@@ -90,6 +93,7 @@ def run_cli_example(command: str, server: Server) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.service
 @pytest.mark.parametrize("command", cli_examples())
 def test_readme_cli_example(command: str, server: Server) -> None:
     result = run_cli_example(command, server)
@@ -103,6 +107,7 @@ def test_readme_cli_example(command: str, server: Server) -> None:
         assert [line[:2] for line in result.stdout.splitlines() if line[:1].isdigit()] == ["1.", "2.", "3."]
 
 
+@pytest.mark.service
 def test_readme_cli_transcript_is_what_the_client_prints(server: Server) -> None:
     """The README's `$ ragqa ...` transcript, line by line (wrapped, and shortened where it ends in
     "…"), appears in what the command prints."""

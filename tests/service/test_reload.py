@@ -1,83 +1,23 @@
-"""Readiness and hot reload, on a server of its own that starts on an EMPTY store folder: 503 until an
-index exists, then the versions that the indexer publishes while it runs, with no failed request."""
+"""Hot reload across processes, on the session's real server: while two threads keep asking and
+searching, the test process publishes new versions of the server's store, and the server swaps each
+in within seconds without failing a single request. At the end the original documents are published
+again, so the other tests of the session's server see what they expect."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.service.conftest import CORPUS, Server, index, start_server, stop_server
+from tests.service.conftest import Server, index, wait_until
+
+pytestmark = pytest.mark.service
 
 RELOAD_WITHIN = 10.0  # seconds; the server polls CURRENT every second by default
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("reload")
-    shutil.copytree(CORPUS, root / "corpus")
-    (root / "store").mkdir()
-    return root
-
-
-@pytest.fixture(scope="module")
-def fresh_server(workdir: Path) -> Iterator[Server]:
-    running = start_server(workdir / "store", workdir / "server.log")
-    try:
-        yield running
-    finally:
-        stop_server(running)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
-def ensure_indexed(server: Server, workdir: Path) -> None:
-    if server.client.get("/readyz").status_code != 200:
-        index([workdir / "corpus"], workdir / "store")
-        server.wait_for("/readyz", timeout=RELOAD_WITHIN)
-
-
-def test_not_ready_without_an_index_then_ready_once_indexed(fresh_server: Server, workdir: Path) -> None:
-    client = fresh_server.client
-    assert client.get("/healthz").status_code == 200
-    for method, path, body in (
-        ("GET", "/readyz", None),
-        ("POST", "/v1/ask", {"question": "Why did Armenia freeze CSTO membership?"}),
-        ("POST", "/v1/ask", {"question": "Why did Armenia freeze CSTO membership?", "stream": True}),
-        ("POST", "/v1/search", {"query": "Armenia"}),
-        ("GET", "/v1/documents", None),
-        ("GET", "/v1/documents/anything", None),
-    ):
-        response = client.request(method, path, json=body)
-        assert response.status_code == 503, f"{path}: {response.status_code} {response.text}"
-        assert response.headers["content-type"].startswith("application/json")
-        assert response.json()["error"], path
-    # invalid input is still invalid input, whether or not an index is loaded
-    assert client.post("/v1/ask", json={"question": ""}).status_code == 422
-    assert client.get("/metrics").status_code == 200
-
-    report = index([workdir / "corpus"], workdir / "store")  # while the server runs
-    assert report.published
-    waited = wait_until(
-        lambda: client.get("/readyz").status_code == 200, RELOAD_WITHIN, "ready after indexing"
-    )
-    assert client.get("/readyz").json()["index_version"] == report.version
-    result = client.post("/v1/ask", json={"question": "Why did Armenia freeze CSTO membership?"})
-    assert result.status_code == 200 and result.json()["index_version"] == report.version
-    print(f"ready {waited:.1f} s after the index was published")
 
 
 class Traffic:
@@ -144,12 +84,12 @@ def searchable(client: httpx.Client, doc_id: str, query: str) -> bool:
     return any(r["doc_id"] == doc_id for r in results)
 
 
-def test_hot_reload_fails_no_request(fresh_server: Server, workdir: Path) -> None:
-    ensure_indexed(fresh_server, workdir)
-    client = fresh_server.client
+def test_hot_reload_fails_no_request(server: Server, sources: list[Path], tmp_path: Path) -> None:
+    client = server.client
     first = client.get("/readyz").json()["index_version"]
-    corpus = workdir / "corpus"
-    added = [
+    added = tmp_path / "added"
+    added.mkdir()
+    documents = [
         (
             "quokka.md",
             "# Quokka\n\nThe quokka is a small wallaby that lives on Rottnest Island near Perth.\n",
@@ -157,19 +97,29 @@ def test_hot_reload_fails_no_request(fresh_server: Server, workdir: Path) -> Non
         ("axolotl.md", "# Axolotl\n\nThe axolotl is a salamander that keeps its gills and lives in lakes.\n"),
     ]
     published: list[str] = []
-    with Traffic(fresh_server.base_url) as traffic:
-        time.sleep(0.5)
-        for name, text in added:
-            (corpus / name).write_text(text, encoding="utf-8")
-            report = index([corpus], workdir / "store")
-            assert report.published and report.version not in published + [first]
-            published.append(report.version)
-            word = name.removesuffix(".md")
-            wait_until(
-                lambda word=word: searchable(client, f"{word}.md", word), RELOAD_WITHIN, f"{word} searchable"
-            )
-            assert client.get("/readyz").json()["index_version"] == report.version
-        time.sleep(0.5)
+    try:
+        with Traffic(server.base_url) as traffic:
+            time.sleep(0.5)
+            for name, text in documents:
+                (added / name).write_text(text, encoding="utf-8")
+                report = index([*sources, added], server.store)
+                assert report.published and report.version not in published + [first]
+                published.append(report.version)
+                doc_id, word = name, name.removesuffix(".md")
+
+                def found(doc_id: str = doc_id, word: str = word) -> bool:
+                    return searchable(client, doc_id, word)
+
+                wait_until(found, RELOAD_WITHIN, f"{word} searchable")
+                assert client.get("/readyz").json()["index_version"] == report.version
+            time.sleep(0.5)
+    finally:  # the session's documents again, whatever happened
+        restored = index(sources, server.store)
+        wait_until(
+            lambda: client.get("/readyz").json()["index_version"] == restored.version,
+            RELOAD_WITHIN,
+            "the session's documents served again",
+        )
 
     assert traffic.sent < traffic.limit, "the loop ran out before the reloads ended"
     assert not traffic.failures, traffic.failures[:5]

@@ -4,7 +4,8 @@ A test double, and why: no cross-encoder model exists offline here, so the test 
 cross-encoder with random weights at test time (2 layers, hidden size 32, the bundled model's own
 tokenizer). Its scores mean nothing, which is the point: an order that no retriever would produce can
 only come from the reranker, and it is checked against `CrossEncoder(folder).predict` run here on the
-same (query, passage text) pairs. The real server, store and HTTP are used as everywhere else."""
+same (query, passage text) pairs. Everything else is real: the app in process with its real lifespan
+(which loads the reranker named by RAGQA_RERANKER), the session's store, the bundled model."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.service.conftest import Server, start_server, stop_server
+from service.config import ServiceSettings
+from tests.service.conftest import serving
+
+pytestmark = pytest.mark.unit
 
 QUERY = "Why did Armenia freeze CSTO membership?"
 
@@ -42,7 +46,7 @@ def reranker_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        num_labels=1,
+        id2label={0: "LABEL_0"},  # one label: a cross-encoder's single relevance score
         initializer_range=0.5,  # spread the random scores far enough apart to give a clear order
     )
     BertForSequenceClassification(config).save_pretrained(str(folder))
@@ -58,16 +62,10 @@ def cross_encoder(reranker_folder: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def reranking_server(store: Path, reranker_folder: Path, cross_encoder: Any) -> Iterator[Server]:
-    """A second server over the session's store, with the tiny cross-encoder as its reranker."""
-    running = start_server(
-        store, reranker_folder.parent / "reranking-server.log", reranker=str(reranker_folder)
-    )
-    try:
-        running.wait_for("/readyz")
-        yield running
-    finally:
-        stop_server(running)
+def reranking(store: Path, reranker_folder: Path) -> Iterator[TestClient]:
+    """A second app over the session's store, with the tiny cross-encoder as its reranker."""
+    with serving(ServiceSettings(store=store, reranker=str(reranker_folder))) as client:
+        yield client
 
 
 def test_tiny_cross_encoder_loads(cross_encoder: Any) -> None:
@@ -76,18 +74,18 @@ def test_tiny_cross_encoder_loads(cross_encoder: Any) -> None:
 
 
 def test_reranker_orders_the_fused_candidates(
-    client: httpx.Client, reranking_server: Server, cross_encoder: Any
+    api: TestClient, reranking: TestClient, cross_encoder: Any
 ) -> None:
-    # Without a reranker (the session's server), the fused candidates and their RRF scores. The store is
+    # Without a reranker (the session's app), the fused candidates and their fused scores. The store is
     # small enough that the candidates are every chunk, all of which the reranker scores (depth 20).
-    fused = client.post("/v1/search", json={"query": QUERY, "top_k": 10}).json()["results"]
-    chunks = sum(d["chunks"] for d in client.get("/v1/documents").json()["documents"])
+    fused = api.post("/v1/search", json={"query": QUERY, "top_k": 10}).json()["results"]
+    chunks = sum(d["chunks"] for d in api.get("/v1/documents").json()["documents"])
     assert len(fused) == chunks <= 10
 
-    response = reranking_server.client.post("/v1/search", json={"query": QUERY, "top_k": 10})
+    response = reranking.post("/v1/search", json={"query": QUERY, "top_k": 10})
     assert response.status_code == 200, response.text
     reranked = response.json()["results"]
-    assert reranked, "the reranking server returns results"
+    assert reranked, "the reranking app returns results"
     assert {r["chunk_id"] for r in reranked} == {f["chunk_id"] for f in fused}
     for passage in reranked:
         assert passage["dense_rank"] is not None or passage["bm25_rank"] is not None, "fusion ranks are kept"
@@ -101,9 +99,10 @@ def test_reranker_orders_the_fused_candidates(
     assert [r["chunk_id"] for r in reranked] == expected
     for passage in reranked:
         assert passage["score"] == pytest.approx(by_chunk[passage["chunk_id"]], abs=1e-5)
-    rrf = {f["chunk_id"]: f["score"] for f in fused}
-    assert all(abs(r["score"] - rrf[r["chunk_id"]]) > 1e-3 for r in reranked), "scores come from the reranker"
+    fused_scores = {f["chunk_id"]: f["score"] for f in fused}
+    from_reranker = all(abs(r["score"] - fused_scores[r["chunk_id"]]) > 1e-3 for r in reranked)
+    assert from_reranker, "the scores come from the reranker"
 
-    ask = reranking_server.client.post("/v1/ask", json={"question": QUERY})
+    ask = reranking.post("/v1/ask", json={"question": QUERY})
     assert ask.status_code == 200, ask.text
     assert [p["chunk_id"] for p in ask.json()["passages"]] == expected[:5]

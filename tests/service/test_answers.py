@@ -1,4 +1,6 @@
-"""The v1 API of DESIGN.md over real HTTP: the real server, the real bundled model, a real store.
+"""The v1 API of DESIGN.md in process: the real app with its real lifespan (conftest's `api`), the real
+bundled model, a real store. What a real process adds (its logs, jemalloc, SIGTERM, the clients that
+run as programs) is in the `service` modules.
 
 The answering logic is still being tuned, so the answers are held to what the contract guarantees
 (citations are exact spans, markers and citations match one to one, abstention behaves) and to the
@@ -8,18 +10,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
-import httpx
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.conftest import ODD_ID, STOLTENBERG, Server
+from service.config import ServiceSettings
+from tests.service.conftest import ARMENIA, AUTH, KEY, ODD_ID, OFF_TOPIC, STOLTENBERG, serving
 
-ARMENIA = "Why did Armenia freeze CSTO membership?"
-OFF_TOPIC = "What is the boiling point of mercury in Kelvin?"
+pytestmark = pytest.mark.unit
+
+LIMIT = 64 * 1024
 MARKER = re.compile(r"\[(\d+)\]")
 PASSAGE_FIELDS = {
     "chunk_id",
@@ -36,14 +41,14 @@ PASSAGE_FIELDS = {
 CITATION_FIELDS = {"n", "doc_id", "title", "source", "excerpt", "start", "end", "score"}
 
 
-def post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
+def post(client: TestClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
     response = client.post(path, json=body)
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result
 
 
-def document_text(client: httpx.Client, doc_id: str, cache: dict[str, str] | None = None) -> str:
+def document_text(client: TestClient, doc_id: str, cache: dict[str, str] | None = None) -> str:
     if cache is not None and doc_id in cache:
         return cache[doc_id]
     response = client.get(f"/v1/documents/{quote(doc_id, safe='')}")
@@ -55,7 +60,7 @@ def document_text(client: httpx.Client, doc_id: str, cache: dict[str, str] | Non
     return text
 
 
-def check_passages(client: httpx.Client, passages: list[dict[str, Any]]) -> None:
+def check_passages(client: TestClient, passages: list[dict[str, Any]]) -> None:
     texts: dict[str, str] = {}
     for passage in passages:
         assert set(passage) == PASSAGE_FIELDS, passage.keys()
@@ -73,7 +78,7 @@ def check_passages(client: httpx.Client, passages: list[dict[str, Any]]) -> None
     assert len({p["chunk_id"] for p in passages}) == len(passages)
 
 
-def check_citations(client: httpx.Client, result: dict[str, Any]) -> None:
+def check_citations(client: TestClient, result: dict[str, Any]) -> None:
     """Every citation is an exact span; markers and citations match one to one."""
     texts: dict[str, str] = {}
     numbers = [c["n"] for c in result["citations"]]
@@ -91,60 +96,60 @@ def check_citations(client: httpx.Client, result: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="module")
-def armenia(client: httpx.Client) -> dict[str, Any]:
-    return post(client, "/v1/ask", {"question": ARMENIA})
+def armenia(api: TestClient) -> dict[str, Any]:
+    return post(api, "/v1/ask", {"question": ARMENIA})
 
 
-def test_ask_answers_with_exact_citations(client: httpx.Client, armenia: dict[str, Any]) -> None:
+def test_ask_answers_with_exact_citations(api: TestClient, armenia: dict[str, Any]) -> None:
     assert armenia["question"] == ARMENIA
     assert armenia["abstained"] is False
     assert armenia["citations"], armenia["answer"]
-    check_citations(client, armenia)
+    check_citations(api, armenia)
     assert "freeze" in armenia["answer"] or "security guarantees" in armenia["answer"], armenia["answer"]
     assert any(c["doc_id"] == STOLTENBERG for c in armenia["citations"])
-    assert armenia["index_version"] == client.get("/readyz").json()["index_version"]
+    assert armenia["index_version"] == api.get("/readyz").json()["index_version"]
 
 
-def test_ask_returns_passages_and_timings(client: httpx.Client, armenia: dict[str, Any]) -> None:
+def test_ask_returns_passages_and_timings(api: TestClient, armenia: dict[str, Any]) -> None:
     passages = armenia["passages"]
     assert 1 <= len(passages) <= 5  # top_k defaults to 5
-    check_passages(client, passages)
+    check_passages(api, passages)
     assert passages[0]["doc_id"] == STOLTENBERG
     assert set(armenia["timings_ms"]) >= {"encode", "retrieve", "answer"}
     assert all(isinstance(ms, int | float) and ms >= 0 for ms in armenia["timings_ms"].values())
 
 
-def test_ask_top_k_bounds_passages(client: httpx.Client) -> None:
-    assert len(post(client, "/v1/ask", {"question": ARMENIA, "top_k": 1})["passages"]) == 1
-    many = post(client, "/v1/ask", {"question": ARMENIA, "top_k": 50})
-    assert len(many["passages"]) == sum(d["chunks"] for d in client.get("/v1/documents").json()["documents"])
+def test_ask_top_k_bounds_passages(api: TestClient) -> None:
+    assert len(post(api, "/v1/ask", {"question": ARMENIA, "top_k": 1})["passages"]) == 1
+    many = post(api, "/v1/ask", {"question": ARMENIA, "top_k": 50})
+    assert len(many["passages"]) == sum(d["chunks"] for d in api.get("/v1/documents").json()["documents"])
 
 
-def test_off_topic_question_abstains_but_returns_passages(client: httpx.Client) -> None:
-    result = post(client, "/v1/ask", {"question": OFF_TOPIC})
+def test_off_topic_question_abstains_but_returns_passages(api: TestClient) -> None:
+    result = post(api, "/v1/ask", {"question": OFF_TOPIC})
     assert result["abstained"] is True, f"answered an off-topic question: {result['answer']!r}"
     assert result["citations"] == []
     assert not MARKER.search(result["answer"])
     assert result["answer"].strip(), "an abstention says so in words"
     assert result["passages"], "the closest passages are still returned"
-    check_passages(client, result["passages"])
+    check_passages(api, result["passages"])
 
 
-def test_follow_up_uses_the_conversation(client: httpx.Client) -> None:
+def test_follow_up_uses_the_conversation(api: TestClient) -> None:
     """After a question about Armenia and the CSTO, "And what about Georgia?" means the country in the
     seed article, not the U.S. state that the store also holds (see conftest's extra documents)."""
-    tbilisi = post(client, "/v1/ask", {"question": "What did Stoltenberg discuss in Tbilisi?"})
+    tbilisi = post(api, "/v1/ask", {"question": "What did Stoltenberg discuss in Tbilisi?"})
     assert tbilisi["abstained"] is False
-    check_citations(client, tbilisi)
+    check_citations(api, tbilisi)
     assert any(c["doc_id"] == STOLTENBERG for c in tbilisi["citations"])
 
     history = [
         {"role": "user", "content": ARMENIA},
-        {"role": "assistant", "content": post(client, "/v1/ask", {"question": ARMENIA})["answer"]},
+        {"role": "assistant", "content": post(api, "/v1/ask", {"question": ARMENIA})["answer"]},
     ]
-    result = post(client, "/v1/ask", {"question": "And what about Georgia?", "history": history})
-    check_citations(client, result)
-    check_passages(client, result["passages"])
+    result = post(api, "/v1/ask", {"question": "And what about Georgia?", "history": history})
+    check_citations(api, result)
+    check_passages(api, result["passages"])
 
     def about_the_country(text: str) -> bool:
         return "Georgia" in text or "Tbilisi" in text
@@ -162,13 +167,53 @@ def test_follow_up_uses_the_conversation(client: httpx.Client) -> None:
     assert top_ok or cited_ok, f"top passage {top['doc_id']!r}, answer {result['answer'][:80]!r}"
 
 
+# --- limits that need an answer --------------------------------------------------------------
+
+
+def test_limits_accept_their_boundaries(api: TestClient) -> None:
+    for body in (
+        {"question": "x" * 2000},
+        {"question": "?", "top_k": 1},
+        {"question": "Tbilisi", "top_k": 50},
+    ):
+        response = api.post("/v1/ask", json=body)
+        assert response.status_code == 200, response.text
+    # a body just under 64 KB is fine: the limit is on the body, whatever field makes it large
+    history = [{"role": "user", "content": "Armenia and the CSTO " * 150}] * 20
+    response = api.post("/v1/ask", json={"question": "And Georgia?", "history": history})
+    assert response.status_code == 200, response.text
+    assert LIMIT - 5000 < len(response.request.content) <= LIMIT
+
+
+def test_odd_inputs_never_fail(api: TestClient) -> None:
+    """Questions a user may well send: punctuation, stopwords, control characters, other scripts. In
+    process an exception inside the app would raise here, not hide behind a 500."""
+    for question in (
+        "?",
+        "the of and",
+        "   ",
+        "\x00",
+        "Армения и ОДКБ?",
+        "🙂" * 500,
+        "<script>alert(1)</script>",
+    ):
+        for path, key in (("/v1/ask", "question"), ("/v1/search", "query")):
+            response = api.post(path, json={key: question})
+            assert response.status_code in (200, 422), f"{path} {question!r}: {response.status_code}"
+
+
 # --- streaming -------------------------------------------------------------------------------
 
 
-def read_events(response: httpx.Response) -> list[tuple[str, Any]]:
+class Lines(Protocol):
+    def iter_lines(self) -> Iterator[str]: ...
+
+
+def read_events(response: Lines) -> list[tuple[str, Any]]:
     """Parse a text/event-stream body: `event:` and `data:` lines, events separated by a blank line."""
     events: list[tuple[str, Any]] = []
-    name, data = "message", []
+    name = "message"
+    data: list[str] = []
     for line in response.iter_lines():
         if line == "":
             if data:
@@ -189,7 +234,7 @@ def read_events(response: httpx.Response) -> list[tuple[str, Any]]:
 
 
 def stream(
-    client: httpx.Client, body: dict[str, Any], headers: dict[str, str] | None = None
+    client: TestClient, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> list[tuple[str, Any]]:
     with client.stream("POST", "/v1/ask", json=body, headers=headers) as response:
         assert response.status_code == 200, response.read()
@@ -222,13 +267,13 @@ def check_stream(events: list[tuple[str, Any]], expected: dict[str, Any]) -> Non
 
 
 @pytest.mark.parametrize("question", [ARMENIA, OFF_TOPIC])
-def test_stream_true_matches_the_plain_answer(client: httpx.Client, question: str) -> None:
-    expected = post(client, "/v1/ask", {"question": question})
-    check_stream(stream(client, {"question": question, "stream": True}), expected)
+def test_stream_true_matches_the_plain_answer(api: TestClient, question: str) -> None:
+    expected = post(api, "/v1/ask", {"question": question})
+    check_stream(stream(api, {"question": question, "stream": True}), expected)
 
 
-def test_accept_event_stream_header_streams(client: httpx.Client, armenia: dict[str, Any]) -> None:
-    events = stream(client, {"question": ARMENIA}, headers={"Accept": "text/event-stream"})
+def test_accept_event_stream_header_streams(api: TestClient, armenia: dict[str, Any]) -> None:
+    events = stream(api, {"question": ARMENIA}, headers={"Accept": "text/event-stream"})
     assert [n for n, _ in events].count("citation") == len(armenia["citations"]) >= 1
     check_stream(events, armenia)
 
@@ -236,58 +281,74 @@ def test_accept_event_stream_header_streams(client: httpx.Client, armenia: dict[
 # --- /v1/search and documents ----------------------------------------------------------------
 
 
-def test_search_returns_top_k_sorted_with_ranks(client: httpx.Client) -> None:
+def test_search_returns_top_k_sorted_with_ranks(api: TestClient) -> None:
     for top_k in (1, 3):
-        result = post(client, "/v1/search", {"query": "NATO partnership with Georgia", "top_k": top_k})
+        result = post(api, "/v1/search", {"query": "NATO partnership with Georgia", "top_k": top_k})
         assert len(result["results"]) == top_k
-        check_passages(client, result["results"])
-        assert result["index_version"] == client.get("/readyz").json()["index_version"]
-    default = post(client, "/v1/search", {"query": "Kremlin spokesperson Dmitry Peskov"})
-    total = sum(d["chunks"] for d in client.get("/v1/documents").json()["documents"])
+        check_passages(api, result["results"])
+        assert result["index_version"] == api.get("/readyz").json()["index_version"]
+    default = post(api, "/v1/search", {"query": "Kremlin spokesperson Dmitry Peskov"})
+    total = sum(d["chunks"] for d in api.get("/v1/documents").json()["documents"])
     assert len(default["results"]) == min(10, total)  # top_k defaults to 10
-    check_passages(client, default["results"])
+    check_passages(api, default["results"])
     best = default["results"][0]
     assert best["doc_id"] == STOLTENBERG and "Dmitry Peskov" in best["text"]
     assert best["dense_rank"] is not None and best["bm25_rank"] is not None
 
 
-def test_document_list_and_odd_ids(client: httpx.Client) -> None:
-    listed = {d["doc_id"]: d for d in client.get("/v1/documents").json()["documents"]}
+def test_document_list_and_odd_ids(api: TestClient) -> None:
+    listed = {d["doc_id"]: d for d in api.get("/v1/documents").json()["documents"]}
     assert {STOLTENBERG, ODD_ID, "georgia.md"} <= set(listed)
     assert all(d["chunks"] >= 1 and d["title"] and d["source"] for d in listed.values())
     assert listed[STOLTENBERG]["title"] == "Stoltenberg in the South Caucasus"
 
-    response = client.get(f"/v1/documents/{quote(ODD_ID, safe='')}")
+    response = api.get(f"/v1/documents/{quote(ODD_ID, safe='')}")
     assert response.status_code == 200, response.text
     document = response.json()
     assert set(document) == {"doc_id", "title", "source", "text", "metadata"}
     assert document["doc_id"] == ODD_ID and document["title"] == "Honey bee"
     assert document["text"].startswith("The western honey bee")
 
-    hit = post(client, "/v1/search", {"query": "honey bee colonies wax combs", "top_k": 1})["results"][0]
+    hit = post(api, "/v1/search", {"query": "honey bee colonies wax combs", "top_k": 1})["results"][0]
     assert hit["doc_id"] == ODD_ID
 
 
-def test_unknown_document_is_404_json(client: httpx.Client) -> None:
+def test_unknown_document_is_404_json(api: TestClient) -> None:
     for doc_id in ("no-such-document.md", "wiki:A/B#2", "../../etc/passwd"):
-        response = client.get(f"/v1/documents/{quote(doc_id, safe='')}")
+        response = api.get(f"/v1/documents/{quote(doc_id, safe='')}")
         assert response.status_code == 404, response.text
+        assert response.headers["content-type"].startswith("application/json")
         assert doc_id in response.json()["error"]
+
+
+# --- keys for reads --------------------------------------------------------------------------
+
+
+def test_reads_need_a_key_only_when_configured_to(store: Path) -> None:
+    """With API keys configured, reads stay open; with RAGQA_READ_REQUIRES_KEY they need one too,
+    while the operations routes stay public."""
+    with serving(ServiceSettings(store=store, api_keys=KEY)) as keyed:
+        assert keyed.post("/v1/search", json={"query": "Armenia"}).status_code == 200
+    with serving(ServiceSettings(store=store, api_keys=KEY, read_requires_key=True)) as own:
+        assert own.post("/v1/search", json={"query": "Armenia"}).status_code == 401
+        assert own.get("/v1/documents").status_code == 401
+        assert own.post("/v1/search", json={"query": "Armenia"}, headers=AUTH).status_code == 200
+        assert own.get("/healthz").status_code == 200  # operations stay public
 
 
 # --- operations ------------------------------------------------------------------------------
 
 
-def test_health_and_readiness(client: httpx.Client) -> None:
-    assert client.get("/healthz").status_code == 200
-    ready = client.get("/readyz")
+def test_health_and_readiness(api: TestClient) -> None:
+    assert api.get("/healthz").status_code == 200
+    ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json()["index_version"]
 
 
-def test_metrics_in_prometheus_format(client: httpx.Client, armenia: dict[str, Any]) -> None:
-    post(client, "/v1/search", {"query": "Tbilisi"})
-    assert client.post("/v1/ask", json={"question": ""}).status_code == 422
-    response = client.get("/metrics")
+def test_metrics_in_prometheus_format(api: TestClient, armenia: dict[str, Any]) -> None:
+    post(api, "/v1/search", {"query": "Tbilisi"})
+    assert api.post("/v1/ask", json={"question": ""}).status_code == 422
+    response = api.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     samples = [s for family in text_string_to_metric_families(response.text) for s in family.samples]
@@ -301,30 +362,19 @@ def test_metrics_in_prometheus_format(client: httpx.Client, armenia: dict[str, A
     assert values("ragqa_http_request_seconds_bucket", route="/v1/search", method="POST", le="+Inf")
     for stage in ("encode", "retrieve", "answer"):
         assert sum(values("ragqa_stage_seconds_count", stage=stage)) >= 1, stage
-    version = client.get("/readyz").json()["index_version"]
+    version = api.get("/readyz").json()["index_version"]
     assert values("ragqa_index_info", version=version) == [1.0]
-    total = sum(d["chunks"] for d in client.get("/v1/documents").json()["documents"])
+    total = sum(d["chunks"] for d in api.get("/v1/documents").json()["documents"])
     assert values("ragqa_index_chunks") == [float(total)]
 
 
-def test_openapi_and_docs(client: httpx.Client) -> None:
-    schema = client.get("/openapi.json")
+def test_openapi_and_docs(api: TestClient) -> None:
+    schema = api.get("/openapi.json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert {"/v1/ask", "/v1/search", "/v1/documents", "/v1/documents/{doc_id}"} <= set(paths)
     assert "post" in paths["/v1/ask"] and "post" in paths["/v1/search"]
-    docs = client.get("/docs")
+    docs = api.get("/docs")
     assert docs.status_code == 200
     assert docs.headers["content-type"].startswith("text/html")
     assert "openapi.json" in docs.text
-
-
-def test_the_server_runs_on_jemalloc_when_the_machine_has_it(server: Server) -> None:
-    """Under glibc's malloc the server's memory creeps up under load; ragqa-serve restarts itself with
-    jemalloc preloaded when it is installed (bench/load.py measures the difference)."""
-    from service.cli import JEMALLOC
-
-    if not any(Path(p).exists() for p in JEMALLOC):
-        pytest.skip("no jemalloc on this machine (apt-get install libjemalloc2)")
-    maps = Path(f"/proc/{server.process.pid}/maps").read_text(encoding="utf-8")
-    assert "libjemalloc" in maps
