@@ -114,9 +114,7 @@ def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False)
         st.publish(store, version_id)
         keep = {version_id} | ({previous.version_id} if previous else set())
         st.remove_old_versions(store, keep)
-        kept_hashes = {c.hash for c in data.chunks} | (
-            {c.hash for c in previous.chunks} if previous else set()
-        )
+        kept_hashes = {c.hash for c in data.chunks} | (set(previous.chunks.hashes()) if previous else set())
         builder.cache.keep_only(settings.model, kept_hashes)
         builder.cache.close()
 
@@ -200,7 +198,7 @@ def _unchanged(previous: st.Version, plan: _Plan, settings: IndexSettings) -> bo
     manifest = previous.manifest
     if manifest.chunker != chunker_fingerprint(settings, manifest.model.max_seq_length):
         return False
-    before = {doc_id: d.sha256 for doc_id, d in previous.documents.items()}
+    before = {doc_id: previous.documents.sha256(doc_id) for doc_id in previous.documents}
     after = {d.doc_id: d.sha256 for d in plan.documents}
     return before == after and {f.path for f in previous.files} == {f.path for f in plan.files}
 
@@ -317,6 +315,7 @@ def _manifest(
         chunker=chunker,
         embedded_text=EMBEDDED_TEXT,
         sentence_vectors=SENTENCE_VECTORS,
+        sentence_vectors_dtype=st.SENTENCE_DTYPE,
         index=st.IndexSpec(
             dense="faiss.IndexFlatIP",
             bm25="bm25s, English stopwords, same texts",

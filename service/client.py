@@ -29,6 +29,8 @@ examples:
   ragqa --url http://10.0.0.5:8000 "Who visited Baku?"
   ragqa --search -k 3 "Nagorno-Karabakh"
   ragqa --mode extractive "Who visited Baku?"  # quote the documents even when the service has an LLM
+  ragqa --source /srv/wiki/hr/ "How many days of leave?"  # only documents whose source starts so
+  ragqa --doc handbook.md --doc faq.md "Who approves leave?"   # only these documents
   ragqa --json "Why did Armenia freeze CSTO membership?" | jq .citations
   ragqa                  # an interactive session: follow-up questions use the conversation
 
@@ -155,6 +157,7 @@ def ask(
     top_k: int | None,
     history: list[dict[str, str]],
     mode: str | None = None,
+    search_filter: dict[str, Any] | None = None,
 ) -> tuple[int, str]:
     """Streams one answer to the terminal; returns (exit code, answer text)."""
     body: dict[str, Any] = {"question": question, "history": history, "stream": True}
@@ -162,6 +165,8 @@ def ask(
         body["top_k"] = top_k
     if mode is not None:
         body["mode"] = mode
+    if search_filter:
+        body["filter"] = search_filter
     answer, citations, passages = "", [], []
     done: dict[str, Any] | None = None
     for event, data in client.stream("/v1/ask", body):
@@ -206,10 +211,18 @@ def notes(done: dict[str, Any]) -> list[str]:
     return out
 
 
-def search(client: Client, printer: Printer, query: str, top_k: int | None) -> int:
+def search(
+    client: Client,
+    printer: Printer,
+    query: str,
+    top_k: int | None,
+    search_filter: dict[str, Any] | None = None,
+) -> int:
     body: dict[str, Any] = {"query": query}
     if top_k is not None:
         body["top_k"] = top_k
+    if search_filter:
+        body["filter"] = search_filter
     results = client.post("/v1/search", body)["results"]
     if not results:
         printer.write("No passages found.\n")
@@ -218,7 +231,13 @@ def search(client: Client, printer: Printer, query: str, top_k: int | None) -> i
 
 
 def raw_json(
-    client: Client, printer: Printer, question: str, top_k: int | None, searching: bool, mode: str | None
+    client: Client,
+    printer: Printer,
+    question: str,
+    top_k: int | None,
+    searching: bool,
+    mode: str | None,
+    search_filter: dict[str, Any] | None = None,
 ) -> int:
     path = "/v1/search" if searching else "/v1/ask"
     body: dict[str, Any] = {"query" if searching else "question": question}
@@ -226,6 +245,8 @@ def raw_json(
         body["top_k"] = top_k
     if mode is not None and not searching:
         body["mode"] = mode
+    if search_filter:
+        body["filter"] = search_filter
     response = client.post(path, body)
     printer.write(json.dumps(response, ensure_ascii=False, indent=2) + "\n")
     return ABSTAINED if response.get("abstained") else ANSWERED
@@ -238,6 +259,7 @@ def interactive(
     searching: bool,
     read: Callable[[str], str],
     mode: str | None = None,
+    search_filter: dict[str, Any] | None = None,
 ) -> int:
     """Questions until end of input (or "exit"); each answer's turns become the next one's history.
     "/new" starts a new conversation. Returns the exit code of the last question."""
@@ -260,9 +282,9 @@ def interactive(
             continue
         try:
             if searching:
-                code = search(client, printer, line, top_k)
+                code = search(client, printer, line, top_k, search_filter)
                 continue
-            code, answer = ask(client, printer, line, top_k, history, mode)
+            code, answer = ask(client, printer, line, top_k, history, mode, search_filter)
         except ServiceError as exc:
             printer.write(f"ragqa: {exc}\n")
             code = exc.code
@@ -296,8 +318,30 @@ def parser() -> argparse.ArgumentParser:
         choices=["extractive", "generative"],
         help="how to answer (default: the service's; generative needs an LLM behind the service)",
     )
+    parser.add_argument(
+        "--source",
+        metavar="PREFIX",
+        help="only documents whose source (as the answers show it) starts with PREFIX",
+    )
+    parser.add_argument(
+        "--doc",
+        metavar="ID",
+        action="append",
+        dest="docs",
+        help="only this document (its id); repeat for several",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the service (60)")
     return parser
+
+
+def search_filter(source: str | None, docs: list[str] | None) -> dict[str, Any] | None:
+    """The request's `filter` for --source and --doc (both: documents meeting both), or None."""
+    chosen: dict[str, Any] = {}
+    if source:
+        chosen["source_prefix"] = source
+    if docs:
+        chosen["doc_ids"] = list(dict.fromkeys(docs))
+    return chosen or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"
     if args.top_k is not None and not 1 <= args.top_k <= 50:
         parser().error("--top-k must be between 1 and 50")
+    if args.source is not None and not args.source:
+        parser().error("--source needs a prefix")
+    chosen = search_filter(args.source, args.docs)
     client = Client(args.url, args.timeout)
     printer = Printer(sys.stdout)
     question = " ".join(args.question).strip()
@@ -313,12 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         if not question:
             if args.json:
                 parser().error("--json needs a question")
-            return interactive(client, printer, args.top_k, args.search, _reader(), args.mode)
+            return interactive(client, printer, args.top_k, args.search, _reader(), args.mode, chosen)
         if args.json:
-            return raw_json(client, printer, question, args.top_k, args.search, args.mode)
+            return raw_json(client, printer, question, args.top_k, args.search, args.mode, chosen)
         if args.search:
-            return search(client, printer, question, args.top_k)
-        return ask(client, printer, question, args.top_k, [], args.mode)[0]
+            return search(client, printer, question, args.top_k, chosen)
+        return ask(client, printer, question, args.top_k, [], args.mode, chosen)[0]
     except ServiceError as exc:
         print(f"ragqa: {exc}", file=sys.stderr)
         return exc.code

@@ -1,9 +1,11 @@
 """A store version loaded for serving. Everything comes through indexer.reader's `StoreReader`
-interface, which holds the version in memory, so that a request never touches the disk; this module
-adds what the service derives from it (the chunks' idf, chunks per document)."""
+interface; this module adds what the service derives from it (the chunks' idf, from the word counts
+the version stores, and chunks per document)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -11,8 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from indexer import store as st
+from indexer.filters import ChunkFilter
 from indexer.reader import StoreReader, open_reader
 from service.text import inverse_document_frequency
+
+log = logging.getLogger("ragqa.service")
 
 
 class LoadedIndex:
@@ -21,9 +26,7 @@ class LoadedIndex:
     def __init__(self, reader: StoreReader) -> None:
         self._reader = reader
         # over the chunks' texts, for the lexical part of answering
-        self.idf: dict[str, float] = inverse_document_frequency(
-            reader.chunk_text(c.chunk_id) for c in reader.chunk_records()
-        )
+        self.idf: dict[str, float] = _idf(reader)
 
     @classmethod
     def load(cls, store: Path, model_name: str, version_id: str | None = None) -> LoadedIndex:
@@ -80,13 +83,18 @@ class LoadedIndex:
 
     # --- retrieval --------------------------------------------------------------------------
 
-    def dense(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The k chunks nearest the vector, with their cosine, best first."""
-        return self._reader.dense(vector, k)
+    def matching_chunks(self, chunk_filter: ChunkFilter) -> np.ndarray | None:
+        """The chunk ids a filter allows (None: no condition, every chunk), for `allowed` below."""
+        return self._reader.matching_chunks(chunk_filter)
 
-    def lexical(self, text: str, k: int) -> list[tuple[int, float]]:
-        """The k chunks with the best BM25 score (above 0) for the text, best first."""
-        return self._reader.lexical(text, k)
+    def dense(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The k chunks nearest the vector (among `allowed`, when given), with their cosine, best first."""
+        return self._reader.dense(vector, k, allowed)
+
+    def lexical(self, text: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The k chunks (among `allowed`, when given) with the best BM25 score (above 0) for the text,
+        best first."""
+        return self._reader.lexical(text, k, allowed)
 
     def cosines(self, vector: np.ndarray, chunk_ids: list[int]) -> np.ndarray:
         return self._reader.chunk_vectors(chunk_ids) @ vector
@@ -94,3 +102,24 @@ class LoadedIndex:
     def best_sentence_cosine(self, vector: np.ndarray, chunk_id: int) -> float:
         sentences = self.sentence_vectors_of(chunk_id)
         return float((sentences @ vector).max()) if len(sentences) else -1.0
+
+
+def _idf(reader: StoreReader) -> dict[str, float]:
+    """The idf of the answer step's words over every chunk's text: from the counts the version stores
+    (made when it was written), or counted now over every chunk text for a version without them."""
+    stored = reader.word_frequencies()
+    if stored is not None:
+        return stored.idf()
+    started = time.perf_counter()
+    idf = inverse_document_frequency(reader.chunk_text(i) for i in range(reader.chunk_count))
+    log.info(
+        "index.idf_counted_at_load",
+        extra={
+            "version": reader.version_id,
+            "chunks": reader.chunk_count,
+            "seconds": round(time.perf_counter() - started, 3),
+            "why": "the version stores no word counts (written before they were stored, or with other"
+            " words): counted over every chunk text; ragqa-index --rebuild stores them",
+        },
+    )
+    return idf

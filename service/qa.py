@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.filters import ChunkFilter
 from service import answering, generative
 from service.config import ServiceSettings
 from service.encoder import BatchingEncoder
@@ -54,18 +55,29 @@ class QAService:
         self.answer_policy = answering.AnswerPolicy.from_settings(settings)
         self.llm = generative.LLMClient(settings) if settings.llm_url else None
 
-    async def search(self, query: str, top_k: int, history: list[Turn] | None = None) -> SearchResult:
+    async def search(
+        self,
+        query: str,
+        top_k: int,
+        history: list[Turn] | None = None,
+        chunk_filter: ChunkFilter | None = None,
+    ) -> SearchResult:
+        """The best `top_k` hits; with a filter, retrieval searches only the chunks it allows (resolved
+        against this request's version), so every hit passed it."""
         index = self.holder.current  # this request keeps this version to its end
         started = time.perf_counter()
         vector, lexical_text = await self._query(query, history or [])
         encoded = time.perf_counter()
-        hits = self.retriever.search(index, vector, lexical_text, top_k)
+        allowed = index.matching_chunks(chunk_filter) if chunk_filter is not None else None
+        hits = self.retriever.search(index, vector, lexical_text, top_k, allowed)
         timings = {"encode": round((encoded - started) * 1000, 2), "retrieve": _ms(encoded)}
         return SearchResult(index, hits, timings, vector)
 
-    async def ask(self, question: str, top_k: int, history: list[Turn]) -> AskResult:
+    async def ask(
+        self, question: str, top_k: int, history: list[Turn], chunk_filter: ChunkFilter | None = None
+    ) -> AskResult:
         depth = max(top_k, self.settings.answer_passages, self.settings.llm_passages if self.llm else 0)
-        result = await self.search(question, depth, history)
+        result = await self.search(question, depth, history, chunk_filter)
         started = time.perf_counter()
         hits = result.hits[: self.settings.answer_passages]
         answer = answering.answer(result.index, result.vector, question, hits, self.answer_policy)
@@ -76,7 +88,8 @@ class QAService:
         """The answer to a request as events: ("passages", [Passage]), then ("delta", text) and
         ("citation", Citation) in answer order (each citation right after the delta holding its
         marker), then ("done", AskResponse) with the whole answer, which the deltas concatenate to."""
-        result = await self.ask(body.question, body.top_k, body.history)
+        chunk_filter = body.filter.to_chunk_filter() if body.filter is not None else None
+        result = await self.ask(body.question, body.top_k, body.history, chunk_filter)
         passages = passages_of(result.index, result.hits[: body.top_k])
         yield "passages", passages
         generated = generative.Generated()

@@ -106,11 +106,16 @@ class Retriever:
         self.rank_fusion = RankFusion.from_settings(settings)
         self.score_fusion = ScoreFusion.from_settings(settings)
 
-    def search(self, index: LoadedIndex, vector: np.ndarray, text: str, top_k: int) -> list[Hit]:
+    def search(
+        self, index: LoadedIndex, vector: np.ndarray, text: str, top_k: int, allowed: np.ndarray | None = None
+    ) -> list[Hit]:
+        """The best `top_k` fused hits; with `allowed` (chunk ids: a filter's `matching_chunks`), both
+        candidate lists come from those chunks only, so that every hit passed the filter and a filter
+        never leaves fewer hits than the allowed chunks can give."""
         settings = self.settings
         depth = max(settings.candidates, top_k)
-        dense = index.dense(vector, depth)
-        lexical = index.lexical(text, depth)
+        dense = index.dense(vector, depth, allowed)
+        lexical = index.lexical(text, depth, allowed)
         if settings.fusion == "rrf":
             hits = fuse_rrf([c for c, _ in dense], [c for c, _ in lexical], self.rank_fusion)
         else:

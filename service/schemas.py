@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+from indexer.filters import ChunkFilter
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
+MAX_FILTER_VALUES = 1000  # document ids, and values of one metadata field
 
 
 class Strict(BaseModel):
@@ -18,6 +30,73 @@ def not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must contain more than white space")
     return value
+
+
+MetadataScalar = StrictStr | StrictInt | StrictFloat | StrictBool | None
+MetadataValues = Annotated[list[MetadataScalar], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
+
+
+class SearchFilter(Strict):
+    """Restricts retrieval to the chunks of the documents that meet every condition given (AND). The
+    filter is applied inside retrieval, before ranking: the best passages among those allowed come back
+    (never fewer because better ones elsewhere were left out); a filter that matches nothing gives no
+    passages (and /v1/ask abstains)."""
+
+    doc_ids: list[StrictStr] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_FILTER_VALUES,
+        description="only these documents (their `doc_id`s; an id no document has matches nothing)",
+    )
+    source_prefix: StrictStr | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="only documents whose `source` starts with this string (case-sensitive)",
+    )
+    metadata: dict[str, MetadataScalar | MetadataValues] | None = Field(
+        None,
+        min_length=1,
+        description="only documents whose metadata field equals the value given, or one of the values "
+        "of a list (one-of); values are JSON scalars, compared as JSON (1 matches 1.0, not true). A "
+        "document's field that holds a list matches when one of its elements does; a document without "
+        "the field does not match",
+        examples=[{"lang": "en", "year": [2023, 2024]}],
+    )
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _scalars_only(cls, value: Any) -> Any:
+        """One readable message per bad field, before the typed check lists every scalar type it is not."""
+        if not isinstance(value, dict):
+            return value
+        for name, given in value.items():
+            values = given if isinstance(given, list) else [given]
+            if isinstance(given, list) and not given:
+                raise ValueError(f"field {name!r}: an empty list of values (give at least one)")
+            if isinstance(given, list) and len(given) > MAX_FILTER_VALUES:
+                raise ValueError(f"field {name!r}: more than {MAX_FILTER_VALUES} values")
+            for v in values:
+                if isinstance(v, dict | list):
+                    raise ValueError(
+                        f"field {name!r}: values must be JSON scalars (string, number, boolean, null) "
+                        "or a list of them"
+                    )
+        return value
+
+    def to_chunk_filter(self) -> ChunkFilter:
+        metadata = {
+            name: tuple(given) if isinstance(given, list) else (given,)
+            for name, given in (self.metadata or {}).items()
+        }
+        return ChunkFilter(
+            doc_ids=tuple(self.doc_ids) if self.doc_ids is not None else None,
+            source_prefix=self.source_prefix,
+            metadata=metadata,
+        )
+
+
+FILTER_DESCRIPTION = "restrict retrieval to some documents (see SearchFilter); null or {}: every document"
 
 
 class Turn(Strict):
@@ -35,6 +114,7 @@ class AskRequest(Strict):
     mode: Literal["extractive", "generative"] | None = Field(
         None, description="default: generative when the service has an LLM (RAGQA_LLM_URL), else extractive"
     )
+    filter: SearchFilter | None = Field(None, description=FILTER_DESCRIPTION)
 
     _question_not_blank = field_validator("question")(not_blank)
 
@@ -42,6 +122,7 @@ class AskRequest(Strict):
 class SearchRequest(Strict):
     query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, strict=True)
+    filter: SearchFilter | None = Field(None, description=FILTER_DESCRIPTION)
 
     _query_not_blank = field_validator("query")(not_blank)
 
@@ -116,7 +197,10 @@ class DocumentSummary(BaseModel):
 
 
 class DocumentList(BaseModel):
-    documents: list[DocumentSummary]
+    documents: list[DocumentSummary] = Field(description="this page of the documents, in the store's order")
+    total: int = Field(description="how many documents the index holds")
+    offset: int = Field(description="the position of this page's first document")
+    limit: int = Field(description="the most documents a page holds")
 
 
 class DocumentDetail(BaseModel):

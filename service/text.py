@@ -1,12 +1,15 @@
-"""Words for the lexical parts of answering: lower-cased, truncated word tokens, stopwords, idf."""
+"""Words for the lexical parts of answering: lower-cased, truncated word tokens (indexer.text, shared with
+the indexer, which counts them when it writes a version), stopwords, idf."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 
-WORD = re.compile(r"\w+", re.UNICODE)
+from indexer.text import STEM, WORD, word_frequencies, words
+
+__all__ = ["STEM", "STOPWORDS", "WORD", "asks_why", "content_words", "inverse_document_frequency", "words"]
+
 STOPWORDS = frozenset(
     "a an and are as at be been but by can could did do does for from had has have how i if in into is it "
     "its me my of on or our she he so than that the their them then there these they this those to was we "
@@ -14,13 +17,6 @@ STOPWORDS = frozenset(
     "other such only own same some very just over under again further once here all both each few nor "
     "not".split()
 )
-
-
-STEM = 6  # words are compared by their first six letters: "discuss" meets "discussions"
-
-
-def words(text: str) -> set[str]:
-    return {w[:STEM] for w in WORD.findall(text.lower())}
 
 
 def content_words(text: str) -> list[str]:
@@ -35,11 +31,6 @@ def asks_why(question: str) -> bool:
 
 
 def inverse_document_frequency(texts: Iterable[str]) -> dict[str, float]:
-    """Smoothed idf, log(1 + N / df), of every word in the texts."""
-    counts: dict[str, int] = {}
-    n = 0
-    for text in texts:
-        n += 1
-        for word in words(text):
-            counts[word] = counts.get(word, 0) + 1
-    return {word: math.log(1 + n / df) for word, df in counts.items()}
+    """Smoothed idf, log(1 + N / df), of every word in the texts (what a version's stored word
+    frequencies give without reading the texts again)."""
+    return word_frequencies(texts).idf()

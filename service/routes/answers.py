@@ -41,7 +41,9 @@ STREAM_SCHEMA = {
 )
 async def ask(body: AskRequest, request: Request, qa: QADep, metrics: MetricsDep) -> Response | AskResponse:
     """Answer a question from the documents, citing exact spans. `"stream": true` (or
-    `Accept: text/event-stream`) streams server-sent events: passages, delta, citation, done."""
+    `Accept: text/event-stream`) streams server-sent events: passages, delta, citation, done. A
+    `filter` restricts retrieval (and so the answer) to some documents; one that matches nothing
+    abstains."""
     events = qa.answer_events(body)
     # Retrieval happens before the first event: its errors (503 while no index is loaded) are
     # still HTTP errors here, not a stream that breaks off.
@@ -57,8 +59,10 @@ async def ask(body: AskRequest, request: Request, qa: QADep, metrics: MetricsDep
 
 @router.post("/v1/search", response_model=SearchResponse, responses=READ_ERRORS)
 async def search(body: SearchRequest, qa: QADep, metrics: MetricsDep) -> SearchResponse:
-    """The passages that best match a query: dense and BM25 fused, both ranks on each."""
-    result = await qa.search(body.query, body.top_k)
+    """The passages that best match a query: dense and BM25 fused, both ranks on each. A `filter`
+    restricts the search to some documents (inside retrieval: the best passages among them)."""
+    chunk_filter = body.filter.to_chunk_filter() if body.filter is not None else None
+    result = await qa.search(body.query, body.top_k, chunk_filter=chunk_filter)
     metrics.observe_stages(result.timings_ms)
     return SearchResponse(
         results=passages_of(result.index, result.hits), index_version=result.index.version_id

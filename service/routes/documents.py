@@ -3,13 +3,14 @@ one (write access), each starting an index job whose version the hot reload then
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import uuid
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, UploadFile
+from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import JSONResponse
 
 from service import writes
@@ -26,14 +27,28 @@ write_router = APIRouter(dependencies=[Depends(write_access)])
 # --- reads ---------------------------------------------------------------------------------------
 
 
+MAX_PAGE = 1000
+
+
 @read_router.get("/v1/documents", response_model=DocumentList, responses=READ_ERRORS)
-async def documents(index: IndexDep) -> DocumentList:
+async def documents(
+    index: IndexDep,
+    offset: Annotated[int, Query(ge=0, description="documents to skip, in the store's order")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="the most documents to return")] = 100,
+) -> DocumentList:
+    """The documents with their chunk counts, a page at a time in the store's order (the order is the
+    same on every call to one index version), with the total; an offset past the end gives an empty
+    page."""
     counts = index.chunks_per_document
+    page = itertools.islice(index.documents(), offset, offset + limit)
     return DocumentList(
         documents=[
             DocumentSummary(doc_id=d.doc_id, title=d.title, source=d.source, chunks=counts.get(d.doc_id, 0))
-            for d in index.documents()
-        ]
+            for d in page
+        ],
+        total=index.document_count,
+        offset=offset,
+        limit=limit,
     )
 
 

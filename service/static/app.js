@@ -9,6 +9,7 @@ const conversation = document.getElementById("conversation");
 const form = document.getElementById("ask-form");
 const question = document.getElementById("question");
 const send = document.getElementById("send");
+const sourcePrefix = document.getElementById("source-prefix");
 const statusLine = document.getElementById("status");
 const viewer = document.getElementById("viewer");
 const documents = new Map(); // doc_id → promise of the document (fetched once)
@@ -161,9 +162,18 @@ function notes(done) {
   return out;
 }
 
+// The request's `filter`: the source prefix typed under the question, unless it is blank.
+function currentFilter() {
+  const prefix = sourcePrefix.value.trim();
+  return prefix ? { source_prefix: prefix } : null;
+}
+
 async function ask(text) {
   document.getElementById("hint")?.remove();
-  conversation.append(element("div", "turn user", text));
+  const filter = currentFilter();
+  const userTurn = element("div", "turn user", text);
+  if (filter) userTurn.append(element("p", "note", `Only sources starting with ${filter.source_prefix}`));
+  conversation.append(userTurn);
   const turn = element("div", "turn assistant pending");
   const answerNode = element("div", "answer");
   turn.append(answerNode);
@@ -178,7 +188,7 @@ async function ask(text) {
     const response = await fetch("/v1/ask", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-      body: JSON.stringify({ question: text, history: turns, stream: true }),
+      body: JSON.stringify({ question: text, history: turns, stream: true, ...(filter ? { filter } : {}) }),
     });
     if (!response.ok) throw new Error(await errorMessage(response));
     for await (const { event, data } of events(response)) {
@@ -204,6 +214,8 @@ async function ask(text) {
     turn.prepend(element("span", "badge", "Not answered by the documents"));
     if (passages.length) {
       turn.append(spanList(`Closest passages (${passages.length})`, passages, false, (p) => p.title));
+    } else if (filter) {
+      turn.append(element("p", "note", `No passage comes from a source starting with ${filter.source_prefix}.`));
     }
   } else if (citations.size) {
     const cited = [...citations.values()];

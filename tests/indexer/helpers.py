@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 WORDS = (
     "alliance border capital ceasefire charter coalition council delegation diplomacy election envoy "
@@ -55,3 +58,18 @@ def run_cli(
 def last_json(stdout: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return result
+
+
+def as_written_before_records(folder: Path, sentence_vectors: np.ndarray | None = None) -> None:
+    """Turn a version folder as written today into one as ragqa wrote it before records/, idf.json and
+    float16 sentence vectors: those removed, sentences.npy float32 (`sentence_vectors`, or today's
+    values widened), and no sentence_vectors_dtype in the manifest. Every other file was written then
+    as it is now."""
+    shutil.rmtree(folder / "records")
+    (folder / "idf.json").unlink()
+    vectors = np.load(folder / "sentences.npy") if sentence_vectors is None else sentence_vectors
+    np.save(folder / "sentences.npy", np.asarray(vectors, dtype=np.float32))
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["sentence_vectors_dtype"]
+    text = json.dumps(manifest, ensure_ascii=False, indent=1)
+    (folder / "manifest.json").write_text(text, encoding="utf-8")

@@ -15,7 +15,7 @@ from indexer import store as st
 from indexer.config import IndexSettings
 from indexer.pipeline import run_index
 from indexer.reader import LocalStoreReader, StoreReader, open_reader
-from tests.indexer.helpers import write_corpus
+from tests.indexer.helpers import as_written_before_records, write_corpus
 
 pytestmark = pytest.mark.unit
 
@@ -51,7 +51,7 @@ def write_raw_manifest(folder: Path, value: dict) -> None:
 # --- the manifest ------------------------------------------------------------------------------
 
 
-def test_a_written_manifest_reads_back_equal_in_todays_layout_plus_the_tokenizer(tmp_path: Path) -> None:
+def test_a_written_manifest_reads_back_in_todays_layout_plus_tokenizer_and_dtype(tmp_path: Path) -> None:
     manifest = st.Manifest.from_json(OLDER_MANIFEST)
     manifest = st.Manifest(
         format=manifest.format,
@@ -70,8 +70,11 @@ def test_a_written_manifest_reads_back_equal_in_todays_layout_plus_the_tokenizer
     raw = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     expected = json.loads(json.dumps(OLDER_MANIFEST))
     expected["index"]["lexical_tokenizer"] = {"library": "bm25s", "stopwords": "en", "lower": True}
+    expected["sentence_vectors_dtype"] = "float16"  # a manifest made today: new versions store float16
     assert raw == expected
-    assert list(raw) == list(OLDER_MANIFEST)  # the same keys in the same order
+    keys = list(OLDER_MANIFEST)  # the same keys in the same order, the dtype after its description
+    keys.insert(keys.index("sentence_vectors") + 1, "sentence_vectors_dtype")
+    assert list(raw) == keys
     assert list(raw["index"]) == ["dense", "bm25", "lexical_tokenizer"]
 
 
@@ -83,10 +86,11 @@ def test_a_manifest_being_built_has_no_version_key(tmp_path: Path) -> None:
     assert st.read_manifest(tmp_path) == manifest
 
 
-def test_an_older_format_2_manifest_opens_with_the_default_tokenizer(tmp_path: Path) -> None:
+def test_an_older_format_2_manifest_opens_with_the_default_tokenizer_and_float32(tmp_path: Path) -> None:
     write_raw_manifest(tmp_path, OLDER_MANIFEST)
     manifest = st.read_manifest(tmp_path)
     assert manifest.index.lexical_tokenizer == st.LexicalTokenizerSpec("bm25s", "en", True)
+    assert manifest.sentence_vectors_dtype == "float32"  # written before sentence vectors were float16
     assert manifest.model == st.ModelSpec("sentence-transformers/all-MiniLM-L6-v2", 384, 256, True)
     assert manifest.chunker.max_tokens == 200 and manifest.chunker.overlap_sentences == 1
     assert manifest.counts == st.Counts(documents=3, chunks=7, sentences=30)
@@ -109,6 +113,8 @@ def test_other_tokenizer_settings_are_read_as_written(tmp_path: Path) -> None:
         (lambda m: m["chunker"].update(max_tokens=True), "chunker.max_tokens is True, not int"),
         (lambda m: m.update(index=[]), "index is not a JSON object"),
         (lambda m: m.update(format=1), "store format 1"),
+        (lambda m: m.update(sentence_vectors_dtype="int8"), "sentence_vectors_dtype is 'int8'"),
+        (lambda m: m.update(sentence_vectors_dtype=16), "sentence_vectors_dtype is 16, not str"),
     ],
 )
 def test_a_malformed_manifest_is_a_store_error(
@@ -224,6 +230,7 @@ def test_a_version_whose_sentence_vectors_have_another_width_is_refused(store_co
 
 def test_a_version_whose_chunks_disagree_with_its_faiss_index_is_refused(store_copy: Path) -> None:
     folder = version_folder(store_copy)
+    as_written_before_records(folder)  # its records are then those of chunks.jsonl, changed below
     lines = (folder / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
     last = json.loads(lines[-1])
     value = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
