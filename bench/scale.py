@@ -716,7 +716,7 @@ def load_profile(store: Path, version_id: str, model_name: str) -> dict[str, Any
 
     log("load profile: opening the built version as the service does, step by step ...")
     version = st.open_version(store, model_name=model_name, version_id=version_id)
-    step("open_version: manifest, documents.jsonl, chunks.jsonl, files.json into Python records")
+    step("open_version: manifest and records (columns; texts read on demand)")
     bm25, tokenizer = version.load_bm25()
     step("load_bm25")
     faiss_index = version.load_faiss()
@@ -724,9 +724,9 @@ def load_profile(store: Path, version_id: str, model_name: str) -> dict[str, Any
     sentence_vectors = version.load_sentence_vectors()
     step("load_sentence_vectors (sentences.npy)")
     reader = LocalStoreReader(version, faiss_index, bm25, tokenizer, sentence_vectors)
-    step("LocalStoreReader: checks, and a copy of the chunk vectors (reconstruct_n)")
+    step("LocalStoreReader: checks; chunk vectors a view of the FAISS index")
     loaded = LoadedIndex(reader)
-    step("LoadedIndex: idf over every chunk text")
+    step("LoadedIndex: idf from the stored word counts (counted at load for older versions)")
     total = {
         "s": round(sum(v["s"] or 0.0 for v in steps.values()), 2),
         "rss_added_mb": round(sum(v["rss_added_mb"] or 0.0 for v in steps.values()), 1),

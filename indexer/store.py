@@ -684,7 +684,8 @@ class FileBytes:
 class Rows:
     """The rows of a 2-D array, `rows(first, stop)` as a read-only array: read from its .npy file with
     pread when the array is a whole file's memory map (np.load(..., mmap_mode=...)), so that reading a
-    few rows maps nothing; sliced from memory otherwise."""
+    few rows maps nothing (what the file holds: a change made to a copy-on-write map is not seen); sliced
+    from memory otherwise."""
 
     def __init__(self, array: np.ndarray) -> None:
         self.dtype, self.shape = array.dtype, array.shape
@@ -712,6 +713,12 @@ _Strings = list[str] | np.ndarray  # a list, or a fixed-width ASCII array (the h
 def _string_at(column: _Strings, row: int) -> str:
     value = column[row]
     return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+def _strings_between(column: _Strings, first: int, stop: int) -> list[str]:
+    if isinstance(column, list):
+        return column[first:stop]
+    return [value.decode("ascii") for value in column[first:stop].tolist()]
 
 
 class DocumentTable(Mapping[str, DocumentRecord]):
@@ -872,7 +879,8 @@ class ChunkTable(Sequence[ChunkRecord]):
         rows = self.document_rows[first:stop].tolist()
         spans = self.spans[first:stop].tolist()
         offsets = self.sentence_offsets[first : stop + 1].tolist()
-        sentences = self.sentence_spans[offsets[0] : offsets[-1]].tolist()
+        sentences = [(s, e) for s, e in self.sentence_spans[offsets[0] : offsets[-1]].tolist()]
+        hashes = _strings_between(self._hashes, first, stop)
         base = offsets[0]
         for n, row in enumerate(rows):
             yield ChunkRecord(
@@ -880,8 +888,8 @@ class ChunkTable(Sequence[ChunkRecord]):
                 doc_id=ids[row],
                 start=spans[n][0],
                 end=spans[n][1],
-                sentences=tuple((s, e) for s, e in sentences[offsets[n] - base : offsets[n + 1] - base]),
-                hash=_string_at(self._hashes, first + n),
+                sentences=tuple(sentences[offsets[n] - base : offsets[n + 1] - base]),
+                hash=hashes[n],
             )
 
     def text(self, chunk_id: int) -> str:
