@@ -54,8 +54,9 @@ class StoreReader(Protocol):
         """The document with this id, or None when there is none."""
         ...
 
-    def documents(self) -> Iterator[st.DocumentRecord]:
-        """Every document once, in the order the indexer wrote them (the same on every call)."""
+    def documents(self, first: int = 0, stop: int | None = None) -> Iterator[st.DocumentRecord]:
+        """The documents at positions first..stop-1 of the order the indexer wrote them (the same on
+        every call; every document by default); a page costs its own documents, not those before it."""
         ...
 
     def chunk(self, chunk_id: int) -> st.ChunkRecord:
@@ -194,18 +195,20 @@ class LocalStoreReader:
     def find_document(self, doc_id: str) -> st.DocumentRecord | None:
         return self._documents.get(doc_id)
 
-    def documents(self) -> Iterator[st.DocumentRecord]:
-        return iter(self._documents.values())
+    def documents(self, first: int = 0, stop: int | None = None) -> Iterator[st.DocumentRecord]:
+        return self._documents.records(first, stop)
 
     def chunk(self, chunk_id: int) -> st.ChunkRecord:
-        if not 0 <= chunk_id < len(self._chunks):
-            raise IndexError(f"no chunk {chunk_id} in version {self.version_id} ({len(self._chunks)} chunks)")
-        return self._chunks[chunk_id]
+        return self._chunks[self._chunk_id(chunk_id)]
 
     def chunk_text(self, chunk_id: int) -> str:
+        return self._chunks.text(self._chunk_id(chunk_id))
+
+    def _chunk_id(self, chunk_id: int) -> int:
+        """`chunk_id`, or an IndexError when it is not in 0..chunk_count-1 (no wrapping round)."""
         if not 0 <= chunk_id < len(self._chunks):
             raise IndexError(f"no chunk {chunk_id} in version {self.version_id} ({len(self._chunks)} chunks)")
-        return self._chunks.text(chunk_id)
+        return chunk_id
 
     def chunk_records(self) -> Iterator[st.ChunkRecord]:
         return iter(self._chunks)
@@ -256,23 +259,24 @@ class LocalStoreReader:
     def _allowed_ids(self, allowed: np.ndarray) -> np.ndarray | None:
         """`allowed` as distinct int64 chunk ids, or None when it holds every chunk (the unrestricted
         search is the same search, and faster); IndexError for an id outside 0..chunk_count-1."""
-        ids = np.ascontiguousarray(allowed, dtype=np.int64).reshape(-1)
-        if len(ids) and (ids.min() < 0 or ids.max() >= len(self._chunks)):
-            raise IndexError(f"chunk ids out of 0..{len(self._chunks) - 1} in version {self.version_id}")
+        ids = self._chunk_ids(np.ascontiguousarray(allowed, dtype=np.int64).reshape(-1))
         if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
             ids = np.unique(ids)
         return None if len(ids) == len(self._chunks) else ids
 
     def chunk_vectors(self, chunk_ids: Sequence[int]) -> np.ndarray:
-        ids = np.asarray(chunk_ids, dtype=np.int64).reshape(-1)
-        if len(ids) and (ids.min() < 0 or ids.max() >= len(self._chunks)):
-            raise IndexError(f"chunk ids out of 0..{len(self._chunks) - 1} in version {self.version_id}")
+        ids = self._chunk_ids(np.asarray(chunk_ids, dtype=np.int64).reshape(-1))
         vectors: np.ndarray = self._chunk_vectors[ids]
         return vectors
 
+    def _chunk_ids(self, ids: np.ndarray) -> np.ndarray:
+        """`ids`, or an IndexError when one is not in 0..chunk_count-1."""
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self._chunks)):
+            raise IndexError(f"chunk ids out of 0..{len(self._chunks) - 1} in version {self.version_id}")
+        return ids
+
     def sentence_vectors_of(self, chunk_id: int) -> np.ndarray:
-        if not 0 <= chunk_id < len(self._chunks):
-            raise IndexError(f"no chunk {chunk_id} in version {self.version_id} ({len(self._chunks)} chunks)")
+        self._chunk_id(chunk_id)
         rows = self._sentence_vectors.rows(int(self._offsets[chunk_id]), int(self._offsets[chunk_id + 1]))
         if rows.dtype != np.float32:  # float16 on disk: scores are computed in float32
             return _read_only(rows.astype(np.float32))

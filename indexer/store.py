@@ -785,9 +785,10 @@ class DocumentTable(Mapping[str, DocumentRecord]):
             sha256=_string_at(self._sha256, row),
         )
 
-    def records(self) -> Iterator[DocumentRecord]:
-        """Every document once, in the order written (not kept)."""
-        for row in range(len(self.ids)):
+    def records(self, first: int = 0, stop: int | None = None) -> Iterator[DocumentRecord]:
+        """The documents at positions first..stop-1 (every one by default), in the order written (not
+        kept); only those are read."""
+        for row in range(*slice(first, stop).indices(len(self.ids))):
             yield self._make(row)
 
     def __getitem__(self, doc_id: str) -> DocumentRecord:

@@ -150,6 +150,14 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + " …"
 
 
+def request_body(
+    body: dict[str, Any], top_k: int | None, mode: str | None, search_filter: dict[str, Any] | None
+) -> dict[str, Any]:
+    """`body` with the options that were given: top_k, mode (asks only) and filter."""
+    options = {"top_k": top_k, "mode": mode, "filter": search_filter or None}
+    return {**body, **{key: value for key, value in options.items() if value is not None}}
+
+
 def ask(
     client: Client,
     printer: Printer,
@@ -160,13 +168,9 @@ def ask(
     search_filter: dict[str, Any] | None = None,
 ) -> tuple[int, str]:
     """Streams one answer to the terminal; returns (exit code, answer text)."""
-    body: dict[str, Any] = {"question": question, "history": history, "stream": True}
-    if top_k is not None:
-        body["top_k"] = top_k
-    if mode is not None:
-        body["mode"] = mode
-    if search_filter:
-        body["filter"] = search_filter
+    body = request_body(
+        {"question": question, "history": history, "stream": True}, top_k, mode, search_filter
+    )
     answer, citations, passages = "", [], []
     done: dict[str, Any] | None = None
     for event, data in client.stream("/v1/ask", body):
@@ -218,11 +222,7 @@ def search(
     top_k: int | None,
     search_filter: dict[str, Any] | None = None,
 ) -> int:
-    body: dict[str, Any] = {"query": query}
-    if top_k is not None:
-        body["top_k"] = top_k
-    if search_filter:
-        body["filter"] = search_filter
+    body = request_body({"query": query}, top_k, None, search_filter)
     results = client.post("/v1/search", body)["results"]
     if not results:
         printer.write("No passages found.\n")
@@ -240,13 +240,8 @@ def raw_json(
     search_filter: dict[str, Any] | None = None,
 ) -> int:
     path = "/v1/search" if searching else "/v1/ask"
-    body: dict[str, Any] = {"query" if searching else "question": question}
-    if top_k is not None:
-        body["top_k"] = top_k
-    if mode is not None and not searching:
-        body["mode"] = mode
-    if search_filter:
-        body["filter"] = search_filter
+    text = {"query" if searching else "question": question}
+    body = request_body(text, top_k, None if searching else mode, search_filter)
     response = client.post(path, body)
     printer.write(json.dumps(response, ensure_ascii=False, indent=2) + "\n")
     return ABSTAINED if response.get("abstained") else ANSWERED

@@ -60,8 +60,8 @@ class LoadedIndex:
     def chunk_count(self) -> int:
         return self._reader.chunk_count
 
-    def documents(self) -> Iterator[st.DocumentRecord]:
-        return self._reader.documents()
+    def documents(self, first: int = 0, stop: int | None = None) -> Iterator[st.DocumentRecord]:
+        return self._reader.documents(first, stop)
 
     def find_document(self, doc_id: str) -> st.DocumentRecord | None:
         return self._reader.find_document(doc_id)

@@ -3,7 +3,6 @@ one (write access), each starting an index job whose version the hot reload then
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import uuid
@@ -40,7 +39,7 @@ async def documents(
     same on every call to one index version), with the total; an offset past the end gives an empty
     page."""
     counts = index.chunks_per_document
-    page = itertools.islice(index.documents(), offset, offset + limit)
+    page = index.documents(offset, offset + limit)
     return DocumentList(
         documents=[
             DocumentSummary(doc_id=d.doc_id, title=d.title, source=d.source, chunks=counts.get(d.doc_id, 0))
