@@ -70,7 +70,9 @@ class FilterLookup:
     documents and one over the chunks; safe to share between threads."""
 
     def __init__(
-        self, documents: Iterable[st.DocumentRecord] | None, chunks: Iterable[st.ChunkRecord] | None
+        self,
+        documents: Iterable[st.DocumentRecord | st.DocumentFacts] | None,
+        chunks: Iterable[st.ChunkRecord] | None,
     ) -> None:
         """`documents` and `chunks` are iterated (once) on the first `matching_chunks` call, not here."""
         self._sources_in = (documents, chunks)
@@ -161,7 +163,7 @@ class FilterLookup:
             self._sources_in = (None, None)
             self._built = True
 
-    def _build_documents(self, documents: Iterable[st.DocumentRecord]) -> None:
+    def _build_documents(self, documents: Iterable[st.DocumentRecord | st.DocumentFacts]) -> None:
         sources: list[tuple[str, int]] = []
         metadata: dict[str, dict[tuple[str, Any], list[int]]] = {}
         for position, document in enumerate(documents):

@@ -218,7 +218,7 @@ class LocalStoreReader:
     @cached_property
     def _filter_lookup(self) -> FilterLookup:
         """Built on the first filter (one pass over the documents and one over the chunks), then kept."""
-        return FilterLookup(self.documents(), self.chunk_records())
+        return FilterLookup(self._documents.facts(), self.chunk_records())
 
     def matching_chunks(self, chunk_filter: ChunkFilter) -> np.ndarray | None:
         return self._filter_lookup.matching_chunks(chunk_filter)

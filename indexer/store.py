@@ -105,6 +105,15 @@ class DocumentRecord:
 
 
 @dataclass(frozen=True)
+class DocumentFacts:
+    """What a filter reads of a document: its id, source and metadata, without its text."""
+
+    doc_id: str
+    source: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ChunkRecord:
     chunk_id: int
     doc_id: str
@@ -790,6 +799,11 @@ class DocumentTable(Mapping[str, DocumentRecord]):
         kept); only those are read."""
         for row in range(*slice(first, stop).indices(len(self.ids))):
             yield self._make(row)
+
+    def facts(self) -> Iterator[DocumentFacts]:
+        """Every document's id, source and metadata, in the order written; no text is read."""
+        for row, doc_id in enumerate(self.ids):
+            yield DocumentFacts(doc_id, self._sources[row], self._metadata[row])
 
     def __getitem__(self, doc_id: str) -> DocumentRecord:
         return self.record(self._rows[doc_id])
