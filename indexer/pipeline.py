@@ -12,13 +12,16 @@ import importlib.metadata
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from indexer import dense
+from indexer import segments as sg
 from indexer import store as st
 from indexer.chunking import Chunker, ChunkerSettings
 from indexer.config import IndexSettings
@@ -50,9 +53,11 @@ class IndexReport:
 
 @dataclass
 class _Plan:
-    """What the new version will hold, before any model work."""
+    """What the new commit will hold, before any model work."""
 
-    documents: list[st.DocumentRecord] = field(default_factory=list)
+    documents: list[st.DocumentRecord] = field(default_factory=list)  # to chunk and embed: new, changed
+    kept: list[str] = field(default_factory=list)  # live documents that stay where they are
+    replaced: list[str] = field(default_factory=list)  # live documents whose new text is in `documents`
     files: list[st.FileRecord] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -75,57 +80,73 @@ def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False)
     store = settings.store
     sources, skipped = discover(paths)
     with st.writer_lock(store, settings.lock_wait):
-        previous = None
-        if not rebuild and st.current_version_id(store) is not None:
-            previous = st.open_version(store)
-            st.check_model(store, previous.manifest, settings.model)
+        live, previous = None, None
+        if st.current_version_id(store) is not None:
+            previous = sg.migrate(store) or sg.read_commit(store)
+            if not rebuild:
+                live = sg.LiveStore.open(store)
+                st.check_model(store, live.manifest, settings.model)
 
-        plan = _plan_documents(sources, previous, int(settings.max_file_mb * 1024 * 1024))
+        plan = _plan_documents(sources, live, int(settings.max_file_mb * 1024 * 1024))
         plan.skipped[:0] = skipped
         skipped_rows = [{"path": s.path, "reason": s.reason} for s in plan.skipped]
         for s in plan.skipped:
             log.warning("index.skipped", extra={"path": s.path, "reason": s.reason})
-        if not plan.documents:
+        if not plan.kept and not plan.documents:
             raise NothingToIndexError(
                 "nothing indexable found under "
                 + ", ".join(str(p) for p in paths)
                 + (f" ({len(plan.skipped)} files skipped)" if plan.skipped else "")
             )
+        if live is not None and live.manifest.chunker != chunker_fingerprint(
+            settings, live.manifest.model.max_seq_length
+        ):
+            # other chunker settings: every document is chunked again, into one new segment
+            plan.documents[:0] = [live.document(doc_id) for doc_id in plan.kept]
+            plan.kept, live = [], None
 
-        if previous is not None and _unchanged(previous, plan, settings):
-            log.info("index.unchanged", extra={"version": previous.version_id})
+        removed = _removed(live, plan)
+        if live is not None and not plan.documents and not removed:
+            log.info("index.unchanged", extra={"version": live.commit.version})
             return IndexReport(
-                version=previous.version_id,
-                documents=len(plan.documents),
-                chunks=len(previous.chunks),
+                version=live.commit.version,
+                documents=len(plan.kept),
+                chunks=live.manifest.counts.chunks,
                 embedded=0,
-                reused=len(previous.chunks),
+                reused=live.manifest.counts.chunks,
                 removed=0,
                 skipped=skipped_rows,
                 seconds=round(time.perf_counter() - started, 3),
                 published=False,
             )
 
-        builder = _VersionBuilder(store, settings, previous)
-        data = builder.build(plan)
-        version_id = st.new_version_id()
-        data.manifest = replace(data.manifest, version=version_id)
-        st.write_version(store, version_id, data)
-        st.publish(store, version_id)
-        keep = {version_id} | ({previous.version_id} if previous else set())
-        st.remove_old_versions(store, keep)
-        kept_hashes = {c.hash for c in data.chunks} | (set(previous.chunks.hashes()) if previous else set())
-        builder.cache.keep_only(settings.model, kept_hashes)
+        builder = _VersionBuilder(store, settings)
+        entries = _deleted(store, live, removed) if live is not None else []
+        manifest = live.manifest if live is not None else None
+        if plan.documents:
+            data = builder.build(plan)
+            average = live.average_length() if live is not None else None
+            entries.append(sg.write_segment(store, data, average_length=average))
+            manifest = data.manifest
+        assert manifest is not None
+        commit = sg.new_commit(live.commit if live else None, manifest, entries)
+        sg.publish_commit(store, commit)
+        log.info("index.committed", extra={"version": commit.version, "segments": len(commit.segments)})
+        commit = _merge(store, commit, builder)
+        # the previous commit stays readable for a service still loading it
+        sg.collect_garbage(store, [commit] + ([previous] if previous is not None else []))
+        if removed:  # forget the vectors of chunks no segment holds any more
+            builder.cache.keep_only(settings.model, sg.LiveStore.open(store).chunk_hashes())
         builder.cache.close()
 
-        removed = len(set(previous.documents) - {d.doc_id for d in plan.documents}) if previous else 0
+        counts = commit.manifest.counts
         report = IndexReport(
-            version=version_id,
-            documents=len(data.documents),
-            chunks=len(data.chunks),
+            version=commit.version,
+            documents=counts.documents,
+            chunks=counts.chunks,
             embedded=builder.embedded,
-            reused=len(data.chunks) - builder.embedded,
-            removed=removed,
+            reused=counts.chunks - builder.embedded,
+            removed=len(removed) - len(plan.replaced),
             skipped=skipped_rows,
             seconds=round(time.perf_counter() - started, 3),
         )
@@ -133,9 +154,55 @@ def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False)
         return report
 
 
-def _plan_documents(sources: list[SourceFile], previous: st.Version | None, max_bytes: int) -> _Plan:
+def _removed(live: sg.LiveStore | None, plan: _Plan) -> list[str]:
+    """The live documents the new commit drops: gone from the paths, or changed (their new text goes
+    into the new segment)."""
+    if live is None:
+        return []
+    wanted = set(plan.kept) | {d.doc_id for d in plan.documents}
+    return [doc_id for doc_id in live.document_ids() if doc_id not in wanted] + plan.replaced
+
+
+def _deleted(store: Path, live: sg.LiveStore, doc_ids: list[str]) -> list[sg.SegmentEntry]:
+    """The live commit's segments with these documents deleted (a new tombstone file for each segment
+    that loses some; the others as they are)."""
+    rows: dict[int, list[int]] = {}
+    for doc_id in doc_ids:
+        at = live.find(doc_id)
+        if at is not None:
+            rows.setdefault(at[0], []).append(at[1])
+    entries = []
+    for n, segment in enumerate(live.segments):
+        if n not in rows:
+            entries.append(segment.entry)
+            continue
+        deleted = np.union1d(segment.deleted, np.asarray(rows[n], np.int64))
+        chunks = len(sg.deleted_chunks(segment.version.chunks.document_rows, deleted))
+        entries.append(sg.write_deletions(store, segment.entry, deleted, chunks))
+    return [e for e in entries if e.live_documents > 0]
+
+
+def _merge(store: Path, commit: sg.Commit, builder: _VersionBuilder) -> sg.Commit:
+    """Merge segments while the policy asks for it, each merge a commit of its own: a crash in a merge
+    leaves the commit before it live."""
+    while positions := sg.merge_plan(commit.segments):
+        if len(positions) < 2 and not commit.segments[positions[0]].deletions:
+            break
+        live = sg.LiveStore.open(store)
+        entry = sg.merge(live, positions, builder.prefix_of)
+        kept = [s for n, s in enumerate(commit.segments) if n not in positions]
+        kept.insert(positions[0], entry)
+        commit = sg.new_commit(commit, commit.manifest, kept)
+        sg.publish_commit(store, commit)
+    return commit
+
+
+def _plan_documents(sources: list[SourceFile], live: sg.LiveStore | None, max_bytes: int) -> _Plan:
+    """Which documents the new commit holds: those of unchanged files (and unchanged documents of changed
+    files) stay where they are (`kept`, by id, nothing read); new and changed ones are loaded
+    (`documents`), and a changed one's live copy is deleted (`replaced`)."""
     plan = _Plan()
-    known_files = {(f.path, f.root): f for f in previous.files} if previous else {}
+    known_files = live.files if live is not None else {}
     seen: dict[str, str] = {}
     for source in sources:
         path, root = str(source.path.resolve()), str(source.root.resolve())
@@ -145,42 +212,49 @@ def _plan_documents(sources: list[SourceFile], previous: st.Version | None, max_
             plan.skipped.append(Skipped(str(source.path), "file vanished before it could be read"))
             continue
         old = known_files.get((path, root))
-        records: list[st.DocumentRecord]
+        kept: list[str] = []
         if (
-            previous is not None
+            live is not None
             and old is not None
             and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-            and all(doc_id in previous.documents for doc_id in old.doc_ids)
+            and all(live.find(doc_id) is not None for doc_id in old.doc_ids)
         ):
-            records = [previous.documents[doc_id] for doc_id in old.doc_ids]
-        else:
-            try:
-                loaded = load(source, max_bytes)
-            except LoadError as exc:
-                plan.skipped.append(Skipped(str(source.path), str(exc)))
+            for doc_id in old.doc_ids:
+                if _first_seen(plan, seen, doc_id, source):
+                    plan.kept.append(doc_id)
+            continue  # its record stays in its segment
+        try:
+            loaded = load(source, max_bytes)
+        except LoadError as exc:
+            plan.skipped.append(Skipped(str(source.path), str(exc)))
+            continue
+        except Exception as exc:  # a loader's library failing on odd input must not stop the run
+            plan.skipped.append(Skipped(str(source.path), f"could not be read: {type(exc).__name__}: {exc}"))
+            continue
+        plan.skipped.extend(loaded.skipped)
+        for record in (_record(d) for d in loaded.documents):
+            if not _first_seen(plan, seen, record.doc_id, source):
                 continue
-            except Exception as exc:  # a loader's library failing on odd input must not stop the run
-                plan.skipped.append(
-                    Skipped(str(source.path), f"could not be read: {type(exc).__name__}: {exc}")
-                )
-                continue
-            plan.skipped.extend(loaded.skipped)
-            records = [_record(d) for d in loaded.documents]
-        kept: list[str] = []
-        for record in records:
-            if record.doc_id in seen:
-                plan.skipped.append(
-                    Skipped(
-                        str(source.path),
-                        f"duplicate document id {record.doc_id!r} (also in {seen[record.doc_id]})",
-                    )
-                )
-                continue
-            seen[record.doc_id] = str(source.path)
-            plan.documents.append(record)
             kept.append(record.doc_id)
+            live_sha = live.sha256(record.doc_id) if live is not None else None
+            if live_sha == record.sha256:
+                plan.kept.append(record.doc_id)
+            else:
+                plan.documents.append(record)
+                if live_sha is not None:
+                    plan.replaced.append(record.doc_id)
         plan.files.append(st.FileRecord(path, root, stat.st_size, stat.st_mtime_ns, tuple(kept)))
     return plan
+
+
+def _first_seen(plan: _Plan, seen: dict[str, str], doc_id: str, source: SourceFile) -> bool:
+    if doc_id in seen:
+        plan.skipped.append(
+            Skipped(str(source.path), f"duplicate document id {doc_id!r} (also in {seen[doc_id]})")
+        )
+        return False
+    seen[doc_id] = str(source.path)
+    return True
 
 
 def _record(document: Document) -> st.DocumentRecord:
@@ -194,21 +268,12 @@ def _record(document: Document) -> st.DocumentRecord:
     )
 
 
-def _unchanged(previous: st.Version, plan: _Plan, settings: IndexSettings) -> bool:
-    manifest = previous.manifest
-    if manifest.chunker != chunker_fingerprint(settings, manifest.model.max_seq_length):
-        return False
-    before = {doc_id: previous.documents.sha256(doc_id) for doc_id in previous.documents}
-    after = {d.doc_id: d.sha256 for d in plan.documents}
-    return before == after and {f.path for f in previous.files} == {f.path for f in plan.files}
-
-
 class _VersionBuilder:
-    """Chunks and embeds a plan, reusing the previous version's chunks and the cache's vectors."""
+    """Chunks and embeds a plan's new and changed documents, taking vectors from the cache where it
+    has them."""
 
-    def __init__(self, store: Path, settings: IndexSettings, previous: st.Version | None) -> None:
+    def __init__(self, store: Path, settings: IndexSettings) -> None:
         self.settings = settings
-        self.previous = previous
         self.cache = st.EmbeddingCache(store)
         self._embedder: Embedder | None = None
         self.embedded = 0
@@ -220,27 +285,29 @@ class _VersionBuilder:
             self._embedder = load_embedder(self.settings.model, self.settings.batch_size)
         return self._embedder
 
-    def build(self, plan: _Plan) -> st.VersionData:
-        embedder = self.embedder  # the tokenizer budgets the chunks; the manifest names the model
-        info = embedder.info
-        fingerprint = chunker_fingerprint(self.settings, info.max_seq_length)
-        chunker = Chunker(
-            embedder.tokenizer,
+    @cached_property
+    def chunker(self) -> Chunker:
+        """The chunker of the configured model and settings (the tokenizer budgets the chunks)."""
+        fingerprint = chunker_fingerprint(self.settings, self.embedder.info.max_seq_length)
+        return Chunker(
+            self.embedder.tokenizer,
             ChunkerSettings(
                 max_tokens=fingerprint.max_tokens, overlap_sentences=fingerprint.overlap_sentences
             ),
         )
-        reusable = self._reusable_chunks(fingerprint)
 
+    def prefix_of(self, title: str) -> str:
+        """What is embedded, and indexed by BM25, in front of a chunk of a document with this title."""
+        return self.chunker.embed_prefix(title)
+
+    def build(self, plan: _Plan) -> st.VersionData:
+        info = self.embedder.info  # the manifest names the model
+        fingerprint = chunker_fingerprint(self.settings, info.max_seq_length)
+        chunker = self.chunker
         chunks: list[st.ChunkRecord] = []
         texts: list[str] = []
         for document in plan.documents:
-            old = reusable.get((document.doc_id, document.sha256))
-            spans = (
-                [(c.start, c.end, c.sentences) for c in old]
-                if old is not None
-                else [(c.start, c.end, c.sentences) for c in chunker.chunk(document.text, document.title)]
-            )
+            spans = [(c.start, c.end, c.sentences) for c in chunker.chunk(document.text, document.title)]
             prefix = chunker.embed_prefix(document.title)
             for start, end, sentences in spans:
                 text = prefix + document.text[start:end]
@@ -251,15 +318,6 @@ class _VersionBuilder:
         vectors, sentence_vectors = self._vectors(chunks, texts, info.dimension)
         manifest = _manifest(info, fingerprint, len(plan.documents), chunks)
         return st.VersionData(manifest, plan.documents, chunks, plan.files, vectors, sentence_vectors, texts)
-
-    def _reusable_chunks(self, fingerprint: st.ChunkerSpec) -> dict[tuple[str, str], list[st.ChunkRecord]]:
-        if self.previous is None or self.previous.manifest.chunker != fingerprint:
-            return {}
-        by_doc: dict[tuple[str, str], list[st.ChunkRecord]] = {}
-        for chunk in self.previous.chunks:
-            document = self.previous.documents[chunk.doc_id]
-            by_doc.setdefault((document.doc_id, document.sha256), []).append(chunk)
-        return by_doc
 
     def _vectors(
         self, chunks: list[st.ChunkRecord], texts: list[str], dimension: int
@@ -317,7 +375,7 @@ def _manifest(
         sentence_vectors=SENTENCE_VECTORS,
         sentence_vectors_dtype=st.SENTENCE_DTYPE,
         index=st.IndexSpec(
-            dense="faiss.IndexFlatIP",
+            dense=f"faiss: exact (IndexFlatIP) under {dense.EXACT_BELOW} chunks a segment, else approximate",
             bm25="bm25s, English stopwords, same texts",
             lexical_tokenizer=st.LexicalTokenizerSpec(library="bm25s", stopwords="en", lower=True),
         ),

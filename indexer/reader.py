@@ -1,23 +1,31 @@
 """The one read interface of a store version: `StoreReader`, the whole contract between a store backend
-and the service, and `LocalStoreReader`, the backend that loads a version written by indexer.store.
+and the service, and `LocalStoreReader`, the backend that reads a commit of indexer.segments (or a
+format-2 version written by indexer.store before segments).
 
-A reader is one immutable version, safe to use from several threads at once. Chunks are numbered
-0..chunk_count-1 (`chunk_id`); vectors are float32 rows of `manifest.model.dimension` values,
-L2-normalised, so an inner product is a cosine.
+A reader is one immutable version, safe to use from several threads at once. Chunk ids (`chunk_id`) are
+distinct non-negative integers, ascending in `chunk_records` order: 0..chunk_count-1 in a version that
+deleted nothing; a local store's deleted chunks keep their ids until a merge, so ids may skip. Vectors
+are float32 rows of `manifest.model.dimension` values, L2-normalised, so an inner product is a cosine.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from indexer import dense
+from indexer import segments as sg
 from indexer import store as st
 from indexer.filters import ChunkFilter, FilterLookup
-from indexer.text import WordFrequencies
+from indexer.lexical import LexicalIndex, LexicalSegment
+from indexer.text import WordFrequencies, words
 
 
 class StoreReader(Protocol):
@@ -43,7 +51,7 @@ class StoreReader(Protocol):
 
     @property
     def chunk_count(self) -> int:
-        """How many chunks the version holds; chunk ids are 0..chunk_count-1."""
+        """How many chunks the version holds (deleted ones not counted)."""
         ...
 
     def document(self, doc_id: str) -> st.DocumentRecord:
@@ -59,8 +67,12 @@ class StoreReader(Protocol):
         every call; every document by default); a page costs its own documents, not those before it."""
         ...
 
+    def chunks_of(self, doc_id: str) -> int:
+        """How many chunks the document has (0 for an unknown id, or a document of white space)."""
+        ...
+
     def chunk(self, chunk_id: int) -> st.ChunkRecord:
-        """The chunk with this id; IndexError when the id is not in 0..chunk_count-1."""
+        """The chunk with this id; IndexError when the version holds no chunk with that id."""
         ...
 
     def chunk_text(self, chunk_id: int) -> str:
@@ -90,7 +102,7 @@ class StoreReader(Protocol):
         ValueError. With `allowed` (distinct chunk ids, as `matching_chunks` returns them), only those
         chunks are searched: the best min(k, len(allowed)) of them, exactly as if no other chunk
         existed (never fewer because better chunks outside were left out); [] when it is empty;
-        IndexError for an id not in 0..chunk_count-1. None searches every chunk."""
+        IndexError for an id beyond the version's ids. None searches every chunk."""
         ...
 
     def lexical(self, text: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
@@ -103,7 +115,7 @@ class StoreReader(Protocol):
 
     def chunk_vectors(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """The chunks' vectors, one float32 row per id in the order given (repeats allowed), shape
-        (len(chunk_ids), dimension); IndexError for an id not in 0..chunk_count-1. Cosines with a
+        (len(chunk_ids), dimension); IndexError for an id beyond the version's ids. Cosines with a
         vector `v` are `chunk_vectors(ids) @ v`."""
         ...
 
@@ -120,208 +132,361 @@ class StoreReader(Protocol):
         ...
 
 
-def open_reader(store: Path, model_name: str | None = None, version_id: str | None = None) -> StoreReader:
+def open_reader(
+    store: Path,
+    model_name: str | None = None,
+    version_id: str | None = None,
+    previous: StoreReader | None = None,
+) -> StoreReader:
     """The live version of the store at `store` (or `version_id`), loaded and checked; with
     `model_name`, a version built with another model is a ModelMismatchError. NoVersionError when the
-    store has no published version, StoreError when the version is damaged."""
-    return LocalStoreReader.open(store, model_name, version_id)
+    store has no published version, StoreError when the version is damaged. `previous`: the reader
+    being replaced (a hot reload), whose parts the new one shares where they are the same."""
+    return LocalStoreReader.open(
+        store, model_name, version_id, previous if isinstance(previous, LocalStoreReader) else None
+    )
 
 
-class LocalStoreReader:
-    """A version of a local store (indexer.store's files): FAISS for dense search (its flat index's own
-    storage is also where `chunk_vectors` reads), bm25s for lexical search, the records as columns
-    (records/, mapped; the texts read on demand), the sentence vectors read from sentences.npy a chunk at
-    a time, and the answer step's word counts of idf.json."""
+class Segment:
+    """One segment of a local store, opened and checked: its records as columns (records/, mapped; the
+    texts read on demand), its dense index (indexer.dense: exact or approximate by size; a flat index's
+    own storage is also where chunk vectors are read), its BM25 index (indexer.lexical), its sentence
+    vectors (read from sentences.npy a chunk at a time) and the answer step's word counts. Immutable:
+    shared by the readers of every commit that lists it, so a hot reload opens only the new segments."""
 
-    def __init__(
-        self,
-        version: st.Version,
-        faiss_index: Any,
-        bm25: Any,
-        bm25_tokenizer: Any,
-        sentence_vectors: np.ndarray,
-    ) -> None:
-        """Check the loaded parts against the version's records (StoreError when they disagree); `open`
-        loads them."""
+    def __init__(self, version: st.Version, faiss_index: Any, lexical: LexicalSegment, sentences: np.ndarray):
+        """Check the loaded parts against the version's records (StoreError when they disagree)."""
         _check_records(version)
         _check_faiss(version, faiss_index)
-        _check_bm25(version, bm25)
-        self._offsets = version.chunks.sentence_offsets
-        _check_sentence_vectors(version, sentence_vectors, int(self._offsets[-1]))
-        self._word_frequencies = version.load_word_frequencies()
-        self._version = version
-        self._chunks = version.chunks
-        self._documents = version.documents
-        self._dimension = version.manifest.model.dimension
-        self._faiss = faiss_index
-        self._bm25 = bm25
-        self._bm25_tokenizer = bm25_tokenizer
-        self._sentence_vectors = st.Rows(_read_only(sentence_vectors))  # from the file, a chunk at a time
-        self._chunk_vectors = _stored_vectors(faiss_index, self._dimension)
+        _check_bm25(version, lexical)
+        _check_sentence_vectors(version, sentences, int(version.chunks.sentence_offsets[-1]))
+        self.version = version
+        self.name = version.version_id
+        self.documents = version.documents
+        self.chunks = version.chunks
+        self.word_counts = version.load_word_frequencies()
+        self.faiss = faiss_index
+        self.lexical = lexical
+        self.sentence_offsets = version.chunks.sentence_offsets
+        self.sentences = st.Rows(_read_only(sentences))  # from the file, a chunk at a time
+        self.vectors = dense.stored_vectors(faiss_index)
 
     @classmethod
     def open(
-        cls, store: Path, model_name: str | None = None, version_id: str | None = None
+        cls, store: Path, folder: Path, name: str, files: dict[str, sg.FileSum] | None = None
+    ) -> Segment:
+        """The segment in `folder`; with `files` (the commit's sums), every file is checked first."""
+        if files:
+            sg.verify_folder(folder, files, f"segment {name} of {store}")
+        version = st.open_folder(store, folder, name)
+        return cls(version, version.load_faiss(), version.load_bm25(), version.load_sentence_vectors())
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @cached_property
+    def filter_lookup(self) -> FilterLookup:
+        """Built on the first filter (one pass over the documents and one over the chunks), then kept."""
+        return FilterLookup(self.documents.facts(), iter(self.chunks))
+
+    @cached_property
+    def chunks_per_row(self) -> np.ndarray:
+        """Each document row's number of chunks (counted once, on first use)."""
+        return np.bincount(self.chunks.document_rows, minlength=len(self.documents))
+
+    def sentence_vectors_of(self, local: int) -> np.ndarray:
+        rows = self.sentences.rows(int(self.sentence_offsets[local]), int(self.sentence_offsets[local + 1]))
+        if rows.dtype != np.float32:  # float16 on disk: scores are computed in float32
+            return _read_only(rows.astype(np.float32))
+        return rows if not rows.flags.writeable else _read_only(rows.view())
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A segment as one commit places it: its first chunk id, and what the commit deleted of it."""
+
+    segment: Segment
+    base: int  # the global id of its chunk 0
+    deleted_rows: np.ndarray  # sorted document rows
+    deleted: np.ndarray  # sorted local chunk ids
+    live_rows: np.ndarray | None  # the document rows not deleted (None: all)
+
+    @cached_property
+    def deleted_mask(self) -> np.ndarray | None:
+        if not len(self.deleted):
+            return None
+        mask = np.zeros(len(self.segment), bool)
+        mask[self.deleted] = True
+        return mask
+
+    @cached_property
+    def live_chunks(self) -> np.ndarray:
+        return (
+            np.flatnonzero(~self.deleted_mask)
+            if self.deleted_mask is not None
+            else np.arange(len(self.segment))
+        )
+
+    def is_live_row(self, row: int) -> bool:
+        return not len(self.deleted_rows) or not _contains(self.deleted_rows, row)
+
+    @property
+    def live_documents(self) -> int:
+        return len(self.segment.documents) if self.live_rows is None else len(self.live_rows)
+
+
+def _contains(sorted_ids: np.ndarray, value: int) -> bool:
+    at = int(np.searchsorted(sorted_ids, value))
+    return at < len(sorted_ids) and int(sorted_ids[at]) == value
+
+
+DELETED_OVERFETCH = 1024  # deleted chunks in a segment up to which a search asks for k + that many
+
+
+class LocalStoreReader:
+    """A commit of a local store (indexer.segments): its segments in order, chunk ids running on from
+    one segment to the next (a segment's deleted chunks keep their ids, never returned). Searches ask
+    every segment and keep the best; lexical scores use corpus-level statistics (indexer.lexical)."""
+
+    def __init__(self, commit: sg.Commit, placed: list[_Placed]) -> None:
+        self._commit = commit
+        self._placed = placed
+        self._bases = np.array([p.base for p in placed], np.int64)
+        self._limit = placed[-1].base + len(placed[-1].segment) if placed else 0
+        manifest = commit.manifest
+        self._dimension = manifest.model.dimension
+        self._document_count = sum(p.live_documents for p in placed)
+        self._chunk_count = sum(len(p.segment) - len(p.deleted) for p in placed)
+        self._document_starts = np.cumsum([0] + [p.live_documents for p in placed])
+        deleted = [p.deleted + p.base for p in placed if len(p.deleted)]
+        self._lexical = LexicalIndex(
+            [p.segment.lexical for p in placed],
+            [p.base for p in placed],
+            np.concatenate(deleted) if deleted else None,
+        )
+        self._word_frequencies = _word_frequencies(placed)
+
+    @classmethod
+    def open(
+        cls,
+        store: Path,
+        model_name: str | None = None,
+        version_id: str | None = None,
+        previous: LocalStoreReader | None = None,
     ) -> LocalStoreReader:
         """See `open_reader`."""
-        version = st.open_version(store, model_name=model_name, version_id=version_id)
-        bm25, tokenizer = version.load_bm25()
-        return cls(version, version.load_faiss(), bm25, tokenizer, version.load_sentence_vectors())
+        commit = sg.read_commit(store, version_id)
+        if model_name is not None:
+            st.check_model(store, commit.manifest, model_name)
+        known = {p.segment.name: p.segment for p in previous._placed} if previous is not None else {}
+        placed: list[_Placed] = []
+        base = 0
+        for entry in commit.segments:
+            segment = known.get(entry.name)
+            if segment is None:
+                segment = Segment.open(store, commit.folder(store, entry), entry.name, entry.files)
+            if (len(segment.documents), len(segment)) != (entry.documents, entry.chunks):
+                raise st.version_damaged(
+                    store,
+                    commit.version,
+                    f"segment {entry.name} holds {len(segment.documents)} documents and {len(segment)} "
+                    f"chunks, its commit says {entry.documents} and {entry.chunks}",
+                )
+            rows = sg.read_deletions(store, commit, entry)
+            chunks = sg.deleted_chunks(segment.chunks.document_rows, rows)
+            if entry.deletions is not None and len(chunks) != entry.deletions.chunks:
+                raise st.version_damaged(
+                    store, commit.version, f"the deletions of segment {entry.name} do not match its chunks"
+                )
+            live_rows = None if not len(rows) else np.setdiff1d(np.arange(entry.documents), rows)
+            placed.append(_Placed(segment, base, rows, chunks, live_rows))
+            base += len(segment)
+        return cls(commit, placed)
 
     # --- records ----------------------------------------------------------------------------
 
     @property
     def version_id(self) -> str:
-        return self._version.version_id
+        return self._commit.version
 
     @property
     def manifest(self) -> st.Manifest:
-        return self._version.manifest
+        return self._commit.manifest
+
+    @property
+    def segment_names(self) -> list[str]:
+        """The commit's segments, in order (what a reload reopened or shared)."""
+        return [p.segment.name for p in self._placed]
 
     @property
     def document_count(self) -> int:
-        return len(self._documents)
+        return self._document_count
 
     @property
     def chunk_count(self) -> int:
-        return len(self._chunks)
+        return self._chunk_count
+
+    def _find(self, doc_id: str) -> tuple[_Placed, int] | None:
+        for placed in reversed(self._placed):  # a document lives once; the newest segment first
+            row = placed.segment.documents.row(doc_id)
+            if row is not None and placed.is_live_row(row):
+                return placed, row
+        return None
 
     def document(self, doc_id: str) -> st.DocumentRecord:
-        try:
-            return self._documents[doc_id]
-        except KeyError:
-            raise KeyError(f"no document with id {doc_id!r} in version {self.version_id}") from None
+        found = self._find(doc_id)
+        if found is None:
+            raise KeyError(f"no document with id {doc_id!r} in version {self.version_id}")
+        return found[0].segment.documents.record(found[1])
 
     def find_document(self, doc_id: str) -> st.DocumentRecord | None:
-        return self._documents.get(doc_id)
+        found = self._find(doc_id)
+        return None if found is None else found[0].segment.documents.record(found[1])
+
+    def chunks_of(self, doc_id: str) -> int:
+        found = self._find(doc_id)
+        return 0 if found is None else int(found[0].segment.chunks_per_row[found[1]])
 
     def documents(self, first: int = 0, stop: int | None = None) -> Iterator[st.DocumentRecord]:
-        return self._documents.records(first, stop)
+        first, stop, _ = slice(first, stop).indices(self._document_count)
+        for n, placed in enumerate(self._placed):
+            start, end = int(self._document_starts[n]), int(self._document_starts[n + 1])
+            low, high = max(first, start) - start, min(stop, end) - start
+            if low >= high:
+                continue
+            if placed.live_rows is None:
+                yield from placed.segment.documents.records(low, high)
+            else:
+                for row in placed.live_rows[low:high].tolist():
+                    yield placed.segment.documents.record(row)
+
+    def _locate(self, chunk_id: int) -> tuple[_Placed, int]:
+        """The chunk's segment and its row there; IndexError for no live chunk with that id."""
+        if 0 <= chunk_id < self._limit:
+            placed = self._placed[int(np.searchsorted(self._bases, chunk_id, side="right")) - 1]
+            local = chunk_id - placed.base
+            mask = placed.deleted_mask
+            if mask is None or not mask[local]:
+                return placed, local
+        raise IndexError(f"no chunk {chunk_id} in version {self.version_id}")
 
     def chunk(self, chunk_id: int) -> st.ChunkRecord:
-        return self._chunks[self._chunk_id(chunk_id)]
+        placed, local = self._locate(chunk_id)
+        record = placed.segment.chunks[local]
+        return dataclasses.replace(record, chunk_id=chunk_id) if placed.base else record
 
     def chunk_text(self, chunk_id: int) -> str:
-        return self._chunks.text(self._chunk_id(chunk_id))
-
-    def _chunk_id(self, chunk_id: int) -> int:
-        """`chunk_id`, or an IndexError when it is not in 0..chunk_count-1 (no wrapping round)."""
-        if not 0 <= chunk_id < len(self._chunks):
-            raise IndexError(f"no chunk {chunk_id} in version {self.version_id} ({len(self._chunks)} chunks)")
-        return chunk_id
+        placed, local = self._locate(chunk_id)
+        return placed.segment.chunks.text(local)
 
     def chunk_records(self) -> Iterator[st.ChunkRecord]:
-        return iter(self._chunks)
+        for placed in self._placed:
+            yield from placed.segment.chunks.records(placed.base, placed.deleted)
 
     # --- vectors and search -----------------------------------------------------------------
 
-    @cached_property
-    def _filter_lookup(self) -> FilterLookup:
-        """Built on the first filter (one pass over the documents and one over the chunks), then kept."""
-        return FilterLookup(self._documents.facts(), self.chunk_records())
-
     def matching_chunks(self, chunk_filter: ChunkFilter) -> np.ndarray | None:
-        return self._filter_lookup.matching_chunks(chunk_filter)
+        if chunk_filter.is_empty:
+            return None
+        parts = []
+        for placed in self._placed:
+            local = placed.segment.filter_lookup.matching_chunks(chunk_filter)
+            assert local is not None
+            if len(placed.deleted):
+                local = np.setdiff1d(local, placed.deleted, assume_unique=True)
+            parts.append(local + placed.base)
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        ids.flags.writeable = False
+        return ids
 
     def dense(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self._dimension:
             raise ValueError(f"a vector of {query.shape[1]} values; this version's are {self._dimension}")
-        restrict = None if allowed is None else self._allowed_ids(allowed)
-        if restrict is not None:
-            return self._dense_among(query, k, restrict)
-        k = min(k, self._faiss.ntotal)
         if k <= 0:
             return []
-        scores, ids = self._faiss.search(query, k)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        split = None if allowed is None else self._split(self._allowed_ids(allowed))
+        found: list[tuple[int, float]] = []
+        for n, placed in enumerate(self._placed):
+            among = None if split is None else split[n]
+            if among is not None and not len(among):
+                continue
+            if among is None and len(placed.deleted) > DELETED_OVERFETCH:
+                among = placed.live_chunks
+            extra = len(placed.deleted) if among is None else 0
+            scores, ids = dense.search(placed.segment.faiss, query, k + extra, among)
+            mask = placed.deleted_mask
+            for i, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
+                if i >= 0 and (mask is None or not mask[i]):
+                    found.append((placed.base + i, float(score)))
+        found.sort(key=lambda pair: -pair[1])
+        return found[:k]
 
-    def _dense_among(self, query: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[int, float]]:
-        scores, ids = faiss_search_among(self._faiss, query, k, allowed)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+    def _split(self, ids: np.ndarray) -> list[np.ndarray]:
+        """Sorted global ids as each segment's local ids (its deleted chunks left out)."""
+        cuts = np.searchsorted(ids, np.append(self._bases, self._limit))
+        parts = []
+        for n, placed in enumerate(self._placed):
+            local = ids[cuts[n] : cuts[n + 1]] - placed.base
+            if len(placed.deleted) and len(local):
+                local = local[~placed.deleted_mask[local]]  # type: ignore[index]
+            parts.append(local)
+        return parts
 
     def lexical(self, text: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
-        restrict = None if allowed is None else self._allowed_ids(allowed)
-        ids = self._bm25_tokenizer.tokenize([text], update_vocab=False, return_as="ids", show_progress=False)
-        if k <= 0 or not ids or not ids[0]:
-            return []
-        # Scoring one query directly: bm25s.retrieve would start a thread pool for every call.
-        scores = self._bm25.get_scores_from_ids(ids[0])
-        if restrict is not None:
-            # Ranked among the allowed chunks only: their scores, as a slice of the whole (the scoring
-            # itself walks the query terms' postings, whatever the filter).
-            return _top_positive(scores[restrict], k, restrict)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(c), float(scores[c])) for c in top if scores[c] > 0]
+        return self._lexical.search(text, k, None if allowed is None else self._allowed_ids(allowed))
 
-    def _allowed_ids(self, allowed: np.ndarray) -> np.ndarray | None:
-        """`allowed` as distinct int64 chunk ids, or None when it holds every chunk (the unrestricted
-        search is the same search, and faster); IndexError for an id outside 0..chunk_count-1."""
+    def _allowed_ids(self, allowed: np.ndarray) -> np.ndarray:
+        """`allowed` as sorted distinct int64 chunk ids; IndexError for an id outside the version."""
         ids = self._chunk_ids(np.ascontiguousarray(allowed, dtype=np.int64).reshape(-1))
         if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
             ids = np.unique(ids)
-        return None if len(ids) == len(self._chunks) else ids
+        return ids
 
     def chunk_vectors(self, chunk_ids: Sequence[int]) -> np.ndarray:
         ids = self._chunk_ids(np.asarray(chunk_ids, dtype=np.int64).reshape(-1))
-        vectors: np.ndarray = self._chunk_vectors[ids]
-        return vectors
+        if len(self._placed) == 1:
+            vectors: np.ndarray = self._placed[0].segment.vectors[ids]
+            return vectors
+        out = np.empty((len(ids), self._dimension), np.float32)
+        owner = np.searchsorted(self._bases, ids, side="right") - 1
+        for n in np.unique(owner).tolist():
+            rows = owner == n
+            placed = self._placed[n]
+            out[rows] = placed.segment.vectors[ids[rows] - placed.base]
+        return out
 
     def _chunk_ids(self, ids: np.ndarray) -> np.ndarray:
-        """`ids`, or an IndexError when one is not in 0..chunk_count-1."""
-        if len(ids) and (ids.min() < 0 or ids.max() >= len(self._chunks)):
-            raise IndexError(f"chunk ids out of 0..{len(self._chunks) - 1} in version {self.version_id}")
+        """`ids`, or an IndexError when one is outside the version's ids."""
+        if len(ids) and (ids.min() < 0 or ids.max() >= self._limit):
+            raise IndexError(f"chunk ids out of 0..{self._limit - 1} in version {self.version_id}")
         return ids
 
     def sentence_vectors_of(self, chunk_id: int) -> np.ndarray:
-        self._chunk_id(chunk_id)
-        rows = self._sentence_vectors.rows(int(self._offsets[chunk_id]), int(self._offsets[chunk_id + 1]))
-        if rows.dtype != np.float32:  # float16 on disk: scores are computed in float32
-            return _read_only(rows.astype(np.float32))
-        return rows if not rows.flags.writeable else _read_only(rows.view())
+        placed, local = self._locate(chunk_id)
+        return placed.segment.sentence_vectors_of(local)
 
     def word_frequencies(self) -> WordFrequencies | None:
         return self._word_frequencies
 
 
-def faiss_search_among(
-    index: Any, query: np.ndarray, k: int, allowed: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS's search of `query` (shape (1, d)) for the best min(k, len(allowed)) of the rows `allowed`
-    (distinct int64 ids within the index), as FAISS returns them: (scores, ids), each of shape (1, k').
-
-    Restricted by an IDSelector in the search parameters. On a flat index an IDSelectorArray makes FAISS
-    compute the inner products of the listed rows only (knn_inner_products_by_idx), so the cost follows
-    len(allowed), not the index; a bitmap or a hash set would be tested on every row. Any other index
-    (IVF, HNSW) asks about each candidate it visits, which a bitmap answers in constant time (an array
-    would be searched linearly)."""
-    import faiss
-
-    lib: Any = faiss  # its stubs lack the Python wrappers: selectors from numpy arrays, keyword parameters
-    k = min(k, len(allowed))
-    if k <= 0:
-        return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
-    # The selector refers to the array's memory (`allowed` or `bits`), which outlives the search.
-    if isinstance(index, lib.IndexFlat):
-        selector = lib.IDSelectorArray(allowed)
-    else:
-        bits = np.zeros((index.ntotal + 7) // 8, np.uint8)
-        np.bitwise_or.at(bits, allowed >> 3, (1 << (allowed & 7)).astype(np.uint8))
-        selector = lib.IDSelectorBitmap(bits)
-    scores, ids = index.search(query, k, params=lib.SearchParameters(sel=selector))
-    return scores, ids
-
-
-def _top_positive(scores: np.ndarray, k: int, ids: np.ndarray) -> list[tuple[int, float]]:
-    """The best k of `scores` above 0, best first, as (ids[row], score)."""
-    k = min(k, len(scores))
-    if k <= 0:
-        return []
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return [(int(ids[row]), float(scores[row])) for row in top if scores[row] > 0]
+def _word_frequencies(placed: list[_Placed]) -> WordFrequencies | None:
+    """The segments' word counts summed, less the words of their deleted chunks; None when a segment
+    has none (the service then counts them itself)."""
+    if any(p.segment.word_counts is None for p in placed):
+        return None
+    if len(placed) == 1 and not len(placed[0].deleted):
+        return placed[0].segment.word_counts
+    counts: Counter[str] = Counter()
+    texts = 0
+    for p in placed:
+        stored = p.segment.word_counts
+        assert stored is not None
+        counts.update(stored.counts)
+        texts += stored.texts - len(p.deleted)
+        for local in p.deleted.tolist():
+            counts.subtract(words(p.segment.chunks.text(local)))
+    return WordFrequencies(texts, {w: n for w, n in counts.items() if n > 0})
 
 
 # --- checks at load: a damaged version is refused before it is served -------------------------
@@ -362,24 +527,10 @@ def _check_faiss(version: st.Version, index: Any) -> None:
         )
 
 
-def _check_bm25(version: st.Version, bm25: Any) -> None:
-    scores = getattr(bm25, "scores", None)
-    indexed = scores.get("num_docs") if isinstance(scores, dict) else None
-    if indexed is not None and int(indexed) != len(version.chunks):
+def _check_bm25(version: st.Version, bm25: LexicalSegment) -> None:
+    indexed = bm25.size
+    if indexed != len(version.chunks):
         raise _damaged(version, f"the BM25 index holds {indexed} texts for {len(version.chunks)} chunks")
-
-
-def _stored_vectors(index: Any, dimension: int) -> np.ndarray:
-    """The chunk vectors as a read-only view of a flat FAISS index's own storage (the float32 rows as
-    added, the reader holding the index): no second copy. Another kind of index: reconstructed."""
-    import faiss
-
-    if not index.ntotal:
-        return np.zeros((0, dimension), np.float32)
-    if isinstance(index, faiss.IndexFlat):
-        rows = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d)
-        return _read_only(rows.reshape(index.ntotal, index.d))
-    return _read_only(index.reconstruct_n(0, index.ntotal))
 
 
 def _check_sentence_vectors(version: st.Version, vectors: np.ndarray, sentences: int) -> None:

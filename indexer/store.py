@@ -59,7 +59,7 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence, ValuesView
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -319,12 +319,30 @@ def writer_lock(store: Path, wait_seconds: float) -> Iterator[None]:
 
 
 def write_version(store: Path, version_id: str, data: VersionData) -> Path:
-    """Write a complete version next to the live one and flush it; not yet published."""
-    import faiss
+    """Write a complete format-2 version (versions/<id>/) next to the live one and flush it; not yet
+    published. (The indexer writes segments, indexer.segments; a version is one segment's files.)"""
+    _check_consistent(data)
+    return write_folder(versions_dir(store) / version_id, data, count_words(store, _chunk_texts_of(data)))
+
+
+def _chunk_texts_of(data: VersionData) -> Iterator[str]:
+    texts = {d.doc_id: d.text for d in data.documents}
+    for chunk in data.chunks:
+        yield texts[chunk.doc_id][chunk.start : chunk.end]
+
+
+def write_folder(
+    final: Path, data: VersionData, words: WordFrequencies | None = None, average_length: float | None = None
+) -> Path:
+    """Write a version's (or a segment's) files under a temporary name next to `final`, flush them and
+    rename the folder to `final`. `words`: the answer step's word counts over the chunks' texts, when the
+    caller has them (else they are counted here); `average_length`: the corpus's average text length in
+    BM25 tokens, for the BM25 index's length normalisation (else the texts' own)."""
+    from indexer import dense
+    from indexer.lexical import LexicalSegment
 
     _check_consistent(data)
-    final = versions_dir(store) / version_id
-    tmp = versions_dir(store) / f"{TMP_PREFIX}{version_id}"
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -332,17 +350,16 @@ def write_version(store: Path, version_id: str, data: VersionData) -> Path:
     _write_jsonl(tmp / "documents.jsonl", (asdict(d) for d in data.documents))
     _write_jsonl(tmp / "chunks.jsonl", (_chunk_row(c) for c in data.chunks))
     _write_json(tmp / "files.json", {"files": [asdict(f) for f in data.files]})
-    columns = _Columns.of(data.documents, data.chunks)
+    columns = _Columns.of(data.documents, data.chunks, _prefixes(data))
     columns.write(tmp / RECORDS)
-    _write_word_frequencies(tmp / IDF_FILE, count_words(store, columns.chunk_texts()))
+    _write_word_frequencies(tmp / IDF_FILE, words or word_frequencies(columns.chunk_texts()))
     del columns
 
     vectors = np.ascontiguousarray(data.vectors, dtype=np.float32)
-    index = faiss.IndexFlatIP(data.manifest.model.dimension)
-    if len(vectors):
-        index.add(vectors)
-    faiss.write_index(index, str(tmp / "index.faiss"))
-    _fsync_file(tmp / "index.faiss")
+    index = dense.build_dense_index(vectors, data.manifest.model.dimension)
+    described = dense.describe(index)
+    faiss_write(index, tmp / "index.faiss")
+    del index
 
     sentence_vectors = np.ascontiguousarray(data.sentence_vectors, dtype=data.manifest.sentence_vectors_dtype)
     with open(tmp / "sentences.npy", "wb") as fh:
@@ -350,12 +367,34 @@ def write_version(store: Path, version_id: str, data: VersionData) -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     del sentence_vectors
-    _write_bm25(tmp / "bm25", data.bm25_texts, data.manifest.index.lexical_tokenizer)
-    write_manifest(tmp, data.manifest)  # last: a version without one is incomplete
+    spec = data.manifest.index.lexical_tokenizer
+    bm25_tokenizer(spec)  # an unknown library is refused before anything is written
+    LexicalSegment.write(tmp / "bm25", data.bm25_texts, spec, average_length)
+    manifest = replace(data.manifest, index=replace(data.manifest.index, dense=described))
+    write_manifest(tmp, manifest)  # last: a version without one is incomplete
     _fsync_dir(tmp)
     os.replace(tmp, final)
-    _fsync_dir(versions_dir(store))
+    _fsync_dir(final.parent)
     return final
+
+
+def faiss_write(index: Any, path: Path) -> None:
+    import faiss
+
+    faiss.write_index(index, str(path))
+    _fsync_file(path)
+
+
+def _prefixes(data: VersionData) -> list[str] | None:
+    """What BM25 indexed in front of each document's chunks (its embedded title), read off the
+    chunks' BM25 texts; None when the data holds none."""
+    if len(data.bm25_texts) != len(data.chunks):
+        return None
+    found: dict[str, str] = {}
+    for chunk, text in zip(data.chunks, data.bm25_texts, strict=True):
+        if chunk.doc_id not in found:
+            found[chunk.doc_id] = text[: len(text) - (chunk.end - chunk.start)]
+    return [found.get(d.doc_id, "") for d in data.documents]
 
 
 def _check_consistent(data: VersionData) -> None:
@@ -430,20 +469,6 @@ def bm25_tokenizer(spec: LexicalTokenizerSpec) -> Any:
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     return Tokenizer(stopwords=spec.stopwords, lower=spec.lower)
-
-
-def _write_bm25(folder: Path, texts: list[str], spec: LexicalTokenizerSpec) -> None:
-    import bm25s
-
-    tokenizer = bm25_tokenizer(spec)
-    tokens = tokenizer.tokenize(texts, return_as="ids", show_progress=False)
-    retriever = bm25s.BM25()
-    retriever.index(tokens, show_progress=False)
-    retriever.save(str(folder))
-    tokenizer.save_vocab(str(folder))
-    tokenizer.save_stopwords(str(folder))
-    for path in folder.iterdir():
-        _fsync_file(path)
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -575,31 +600,33 @@ class Version:
     def bm25_folder(self) -> Path:
         return self.path / "bm25"
 
-    def load_bm25(self) -> tuple[Any, Any]:
-        """The BM25 index and its tokenizer, set up as the manifest says and with its vocabulary."""
-        import bm25s
+    def load_bm25(self) -> Any:
+        """The segment's BM25 index (indexer.lexical.LexicalSegment), tokenized as the manifest says."""
+        from indexer.lexical import LexicalSegment
 
-        tokenizer = bm25_tokenizer(self.manifest.index.lexical_tokenizer)
-        retriever = bm25s.BM25.load(str(self.bm25_folder()))
-        tokenizer.load_vocab(str(self.bm25_folder()))
-        return retriever, tokenizer
+        return LexicalSegment.load(self.bm25_folder(), self.manifest.index.lexical_tokenizer)
 
 
 def open_version(store: Path, model_name: str | None = None, version_id: str | None = None) -> Version:
-    """Read the live version (or `version_id`); with `model_name`, refuse one built with another model.
-    Its records are mapped from records/, or read from the .jsonl files of a version without it."""
+    """Read the format-2 version `version_id` (or the live one); with `model_name`, refuse one built with
+    another model. Its records are mapped from records/, or read from the .jsonl files of a version
+    without it."""
     version_id = version_id or current_version_id(store)
     if version_id is None:
         raise NoVersionError(f"no index in {store} yet: run ragqa-index first")
-    path = versions_dir(store) / version_id
+    return open_folder(store, versions_dir(store) / version_id, version_id, model_name)
+
+
+def open_folder(store: Path, path: Path, name: str, model_name: str | None = None) -> Version:
+    """The version (or segment) in `path`, named `name` in messages; see `open_version`."""
     manifest = read_manifest(path)
     if model_name is not None:
         check_model(store, manifest, model_name)
     if (path / RECORDS).is_dir():
-        documents, chunks = _map_records(store, version_id, path / RECORDS)
+        documents, chunks = _map_records(store, name, path / RECORDS)
     else:
-        documents, chunks = _records_from_jsonl(store, version_id, path)
-    return Version(store, version_id, path, manifest, documents, chunks)
+        documents, chunks = _records_from_jsonl(store, name, path)
+    return Version(store, name, path, manifest, documents, chunks)
 
 
 def version_damaged(store: Path, version_id: str, problem: str) -> StoreError:
@@ -748,8 +775,10 @@ class DocumentTable(Mapping[str, DocumentRecord]):
         offsets: np.ndarray,
         chars: np.ndarray,
         texts: _Text,
+        prefixes: list[str] | None = None,
     ) -> None:
         self.ids = ids
+        self.prefixes = prefixes  # what BM25 indexed in front of each document's chunks, when stored
         self.offsets = offsets  # int64, len + 1: document i's text is texts[offsets[i]:offsets[i + 1]]
         self.chars = chars  # int64: each text's length in characters
         self.texts = texts
@@ -886,10 +915,18 @@ class ChunkTable(Sequence[ChunkRecord]):
         )
 
     def __iter__(self) -> Iterator[ChunkRecord]:
-        for at in range(0, len(self), self.BLOCK):
-            yield from self._records(at, min(at + self.BLOCK, len(self)))
+        return self.records()
 
-    def _records(self, first: int, stop: int) -> Iterator[ChunkRecord]:
+    def records(self, base: int = 0, skip: np.ndarray | None = None) -> Iterator[ChunkRecord]:
+        """Every chunk in row order, numbered from `base` (a segment's first id in a commit), but the rows
+        in `skip` (sorted: a segment's deleted chunks)."""
+        skipped = set(skip.tolist()) if skip is not None and len(skip) else None
+        for at in range(0, len(self), self.BLOCK):
+            for record in self._records(at, min(at + self.BLOCK, len(self)), base):
+                if skipped is None or record.chunk_id - base not in skipped:
+                    yield record
+
+    def _records(self, first: int, stop: int, id_base: int = 0) -> Iterator[ChunkRecord]:
         ids = self.documents.ids
         rows = self.document_rows[first:stop].tolist()
         spans = self.spans[first:stop].tolist()
@@ -899,7 +936,7 @@ class ChunkTable(Sequence[ChunkRecord]):
         base = offsets[0]
         for n, row in enumerate(rows):
             yield ChunkRecord(
-                chunk_id=first + n,
+                chunk_id=id_base + first + n,
                 doc_id=ids[row],
                 start=spans[n][0],
                 end=spans[n][1],
@@ -947,9 +984,15 @@ class _Columns:
     texts: bytes
     arrays: dict[str, np.ndarray]  # the _ARRAYS
     chunk_hash: list[str]
+    prefixes: list[str] | None = None  # what BM25 indexed in front of each document's chunks
 
     @classmethod
-    def of(cls, documents: Sequence[DocumentRecord], chunks: Sequence[ChunkRecord]) -> _Columns:
+    def of(
+        cls,
+        documents: Sequence[DocumentRecord],
+        chunks: Sequence[ChunkRecord],
+        prefixes: list[str] | None = None,
+    ) -> _Columns:
         """_UnknownDocument for a chunk of no document; a span outside its document is kept as it is
         (the reader refuses it), its byte span clipped to the document."""
         encoded = [d.text.encode("utf-8") for d in documents]
@@ -986,6 +1029,7 @@ class _Columns:
                 "sentence_spans": sentence_spans,
             },
             chunk_hash=[c.hash for c in chunks],
+            prefixes=prefixes,
         )
 
     def tables(self) -> tuple[DocumentTable, ChunkTable]:
@@ -1000,6 +1044,7 @@ class _Columns:
             a["document_offsets"],
             a["document_chars"],
             self.texts,
+            self.prefixes,
         )
         chunks = ChunkTable(
             documents,
@@ -1024,6 +1069,8 @@ class _Columns:
             "source": self.sources,
             "metadata": self.metadata,
         }
+        if self.prefixes is not None:
+            strings["prefix"] = self.prefixes
         arrays = dict(self.arrays)
         for name, values in (("document_sha256", self.sha256), ("chunk_hash", self.chunk_hash)):
             column = _ascii_column(values)
@@ -1160,6 +1207,9 @@ def _map_records(store: Path, version_id: str, folder: Path) -> tuple[DocumentTa
         offsets,
         arrays["document_chars"],
         texts,
+        strings["prefix"]
+        if isinstance(strings.get("prefix"), list) and len(strings["prefix"]) == n_documents
+        else None,
     )
     chunks = ChunkTable(
         documents, rows, arrays["chunk_spans"], byte_spans, chunk_sentences, arrays["sentence_spans"], hashes

@@ -54,7 +54,7 @@ class IndexHolder:
         if version_id is None or (self._current is not None and self._current.version_id == version_id):
             return False
         try:
-            index = LoadedIndex.load(self.store, self.model_name, version_id)
+            index = LoadedIndex.load(self.store, self.model_name, version_id, previous=self._current)
         except Exception as exc:  # keep serving what we have; say why on /readyz and in the log
             self.last_error = f"could not load index version {version_id}: {exc}"
             log.error("index.load_failed", extra={"version": version_id, "error": str(exc)})

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,19 @@ class LoadedIndex:
         self.idf: dict[str, float] = _idf(reader)
 
     @classmethod
-    def load(cls, store: Path, model_name: str, version_id: str | None = None) -> LoadedIndex:
+    def load(
+        cls, store: Path, model_name: str, version_id: str | None = None, previous: LoadedIndex | None = None
+    ) -> LoadedIndex:
         """The live version of `store` (or `version_id`); a version built with another model than
-        `model_name` is a ModelMismatchError, a damaged one a StoreError."""
-        return cls(open_reader(store, model_name=model_name, version_id=version_id))
+        `model_name` is a ModelMismatchError, a damaged one a StoreError. `previous`: the index being
+        replaced, whose reader shares what the two versions have in common (its unchanged segments)."""
+        reader = open_reader(
+            store,
+            model_name=model_name,
+            version_id=version_id,
+            previous=previous._reader if previous else None,
+        )
+        return cls(reader)
 
     @property
     def version_id(self) -> str:
@@ -40,13 +48,9 @@ class LoadedIndex:
 
     # --- lookups ----------------------------------------------------------------------------
 
-    @cached_property
-    def chunks_per_document(self) -> dict[str, int]:
-        """doc_id → number of chunks, counted once per loaded version (not on every listing)."""
-        counts: dict[str, int] = {}
-        for chunk in self._reader.chunk_records():
-            counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
-        return counts
+    def chunks_of(self, doc_id: str) -> int:
+        """How many chunks the document has (0 for none)."""
+        return self._reader.chunks_of(doc_id)
 
     @property
     def model_name(self) -> str:
@@ -111,7 +115,7 @@ def _idf(reader: StoreReader) -> dict[str, float]:
     if stored is not None:
         return stored.idf()
     started = time.perf_counter()
-    idf = inverse_document_frequency(reader.chunk_text(i) for i in range(reader.chunk_count))
+    idf = inverse_document_frequency(reader.chunk_text(c.chunk_id) for c in reader.chunk_records())
     log.info(
         "index.idf_counted_at_load",
         extra={

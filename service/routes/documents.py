@@ -38,11 +38,10 @@ async def documents(
     """The documents with their chunk counts, a page at a time in the store's order (the order is the
     same on every call to one index version), with the total; an offset past the end gives an empty
     page."""
-    counts = index.chunks_per_document
     page = index.documents(offset, offset + limit)
     return DocumentList(
         documents=[
-            DocumentSummary(doc_id=d.doc_id, title=d.title, source=d.source, chunks=counts.get(d.doc_id, 0))
+            DocumentSummary(doc_id=d.doc_id, title=d.title, source=d.source, chunks=index.chunks_of(d.doc_id))
             for d in page
         ],
         total=index.document_count,

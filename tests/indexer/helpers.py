@@ -41,6 +41,38 @@ def write_corpus(folder: Path, documents: int, paragraphs: int = 3, seed: int = 
 REPO = Path(__file__).resolve().parents[2]
 
 
+def single_segment(store: Path, model_name: str | None = None) -> Any:
+    """The records and files of the store's live commit when it holds one segment (an index run into an
+    empty store, or a rebuild, writes one): an indexer.store.Version."""
+    from indexer import segments as sg
+    from indexer import store as st
+
+    commit = sg.read_commit(store)
+    if model_name is not None:
+        st.check_model(store, commit.manifest, model_name)
+    assert len(commit.segments) == 1, [s.name for s in commit.segments]
+    entry = commit.segments[0]
+    return st.open_folder(store, commit.folder(store, entry), entry.name)
+
+
+def segment_folder(store: Path) -> Path:
+    """The folder of the live commit's one segment."""
+    return Path(single_segment(store).path)
+
+
+def resummed(store: Path) -> Path:
+    """The store with its live commit's file sums made anew: a segment changed on purpose by a test then
+    reads as written so (its checksums pass), and what is checked is the reader's other checks."""
+    from dataclasses import replace
+
+    from indexer import segments as sg
+
+    commit = sg.read_commit(store)
+    entries = [replace(e, files=sg.sum_folder(commit.folder(store, e))) for e in commit.segments]
+    sg.publish_commit(store, replace(commit, segments=tuple(entries)))
+    return store
+
+
 def run_cli(
     *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:

@@ -15,19 +15,23 @@ from pathlib import Path
 
 import pytest
 
+from indexer import segments as sg
 from indexer import store as st
 from indexer.config import IndexSettings
 from indexer.pipeline import run_index
+from indexer.reader import open_reader
 from tests.indexer.helpers import REPO, last_json, run_cli, write_corpus
 
 
 def assert_version_loads(store: Path, version_id: str) -> None:
-    version = st.open_version(store)
-    assert version.version_id == version_id
-    index = version.load_faiss()
-    assert index.ntotal == len(version.chunks) == version.manifest.counts.chunks
-    for chunk in version.chunks:
-        assert version.chunk_text(chunk).strip()
+    """The live commit is `version_id`, and opens (every file's checksum verified) and reads whole."""
+    reader = open_reader(store)
+    assert reader.version_id == version_id
+    chunks = list(reader.chunk_records())
+    assert len(chunks) == reader.chunk_count == reader.manifest.counts.chunks
+    for chunk in chunks:
+        assert reader.chunk_text(chunk.chunk_id).strip()
+    assert len(reader.dense(reader.chunk_vectors([chunks[0].chunk_id])[0], len(chunks))) == len(chunks)
 
 
 def start_indexer(*args: str | Path) -> subprocess.Popen:
@@ -98,7 +102,7 @@ def test_sigkill_mid_run_leaves_the_previous_version_live_and_the_next_run_compl
     # What the killed run had embedded was kept in the cache and is not embedded again.
     assert report["reused"] > 0 and report["embedded"] < report["chunks"]
     assert_version_loads(store, report["version"])
-    leftovers = [p.name for p in st.versions_dir(store).iterdir() if p.name.startswith(st.TMP_PREFIX)]
+    leftovers = [p.name for p in (store / sg.SEGMENTS).iterdir() if p.name.startswith(st.TMP_PREFIX)]
     assert leftovers == []
 
 
@@ -178,5 +182,74 @@ def test_two_indexers_started_together_leave_one_consistent_store(tmp_path):
     current = st.current_version_id(store)
     assert current in versions
     assert_version_loads(store, current)
-    documents = len(st.open_version(store).documents)
-    assert documents in (20, 25)
+    assert open_reader(store).document_count in (20, 25)
+
+
+# A merge in a process of its own, on a store of synthetic segments (no model): it logs
+# "index.merging" before it reads anything, then writes the merged segment and commits it.
+MERGE_WORKER = """
+import sys
+from pathlib import Path
+from indexer import logs
+from indexer import segments as sg
+from indexer import store as st
+logs.configure("INFO")
+store = Path(sys.argv[1])
+with st.writer_lock(store, 0):
+    live = sg.LiveStore.open(store)
+    positions = list(range(len(live.segments)))
+    entry = sg.merge(live, positions, prefix_of=lambda title: title + "\\n")
+    commit = sg.new_commit(live.commit, live.manifest, [entry])
+    sg.publish_commit(store, commit)
+    sg.collect_garbage(store, [commit, live.commit])
+print(commit.version, flush=True)
+"""
+
+
+def segmented_store(store: Path, parts: int, documents: int) -> sg.Commit:
+    """A store of `parts` synthetic segments (random vectors), some documents deleted."""
+    from tests.indexer.test_segments import delete
+    from tests.indexer.test_store_format import synthetic
+
+    entries = []
+    for n in range(parts):
+        texts = {
+            f"p{n}-d{i}": f"Part {n} document {i} talks of harbours. It ends here {i}."
+            for i in range(documents)
+        }
+        entries.append(sg.write_segment(store, synthetic(texts, seed=n)))
+    commit = sg.new_commit(None, synthetic({"x": "x."}).manifest, entries)
+    sg.publish_commit(store, commit)
+    return delete(store, commit, ["p0-d1", f"p{parts - 1}-d0"])
+
+
+@pytest.mark.slow  # SIGKILL at several moments of a merge (it takes about a second here)
+@pytest.mark.parametrize("delay", [0.0, 0.4, 0.8, 1.05, 1.3])
+def test_sigkill_during_a_merge_loses_nothing(tmp_path: Path, delay: float) -> None:
+    store = tmp_path / "store"
+    before_commit = segmented_store(store, parts=3, documents=1500)
+    before = open_reader(store)
+    expected = {d.doc_id: d.text for d in before.documents()}
+    process = subprocess.Popen(
+        [sys.executable, "-c", MERGE_WORKER, str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    wait_for_event(process, "index.merging")
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)  # a no-op when the merge is already over
+    process.wait()
+
+    current = st.current_version_id(store)
+    assert current is not None
+    after = open_reader(store)  # the commit before the merge, or the merged one: whole either way
+    assert {d.doc_id: d.text for d in after.documents()} == expected
+    assert len(sg.read_commit(store).segments) in (1, len(before_commit.segments))
+    # the next writer removes what the killed one left half-written
+    with st.writer_lock(store, 0):
+        sg.collect_garbage(store, [sg.read_commit(store)])
+    names = {p.name for p in (store / sg.SEGMENTS).iterdir()}
+    assert names == {e.name for e in sg.read_commit(store).segments}
+    assert {d.doc_id for d in open_reader(store).documents()} == set(expected)

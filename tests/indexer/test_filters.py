@@ -1,6 +1,5 @@
-"""Resolving retrieval filters (indexer.filters.FilterLookup) over made-up records, without a model,
-and FAISS's restricted search (indexer.reader.faiss_search_among) on a flat and an HNSW index: the
-expectations come from ChunkFilter's contract and from exact search over the allowed rows."""
+"""Resolving retrieval filters (indexer.filters.FilterLookup) over made-up records, without a model: the
+expectations come from ChunkFilter's contract. (FAISS's restricted search: tests/indexer/test_dense.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import pytest
 
 from indexer import store as st
 from indexer.filters import ChunkFilter, FilterLookup, value_key
-from indexer.reader import faiss_search_among
 
 pytestmark = pytest.mark.unit
 
@@ -128,33 +126,3 @@ def test_the_lookup_is_built_once_on_the_first_filter() -> None:
 def test_chunk_ids_are_read_only() -> None:
     found = lookup().matching_chunks(ChunkFilter(doc_ids=("a",)))
     assert found is not None and not found.flags.writeable
-
-
-# --- FAISS restricted by an IDSelector -----------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
-@pytest.mark.parametrize("size", [1, 7, 300, 2000])
-def test_faiss_search_among_is_exact_search_over_the_allowed_rows(kind: str, size: int) -> None:
-    import faiss
-
-    rng = np.random.default_rng(size)
-    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index: Any
-    if kind == "flat":
-        index = faiss.IndexFlatIP(16)
-    else:
-        index = faiss.IndexHNSWFlat(16, 16, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = 4000  # exhaustive enough to be exact on 2,000 vectors
-    index.add(vectors)
-    allowed = np.sort(rng.choice(2000, size, replace=False)).astype(np.int64)
-    query = vectors[7:8] + 0.05
-    scores, ids = faiss_search_among(index, query, 10, allowed)
-    k = min(10, size)
-    exact = allowed[np.argsort(-(vectors[allowed] @ query[0]), kind="stable")[:k]]
-    assert ids.shape == (1, k)
-    assert ids[0].tolist() == exact.tolist()
-    assert scores[0] == pytest.approx(vectors[exact] @ query[0], abs=1e-5)
-    empty_scores, empty_ids = faiss_search_among(index, query, 10, np.zeros(0, np.int64))
-    assert empty_ids.shape == (1, 0) and empty_scores.shape == (1, 0)

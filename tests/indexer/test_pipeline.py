@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer import segments as sg
 from indexer import store as st
 from indexer.config import IndexSettings
 from indexer.pipeline import NothingToIndexError, run_index
-from tests.indexer.helpers import last_json, paragraph, run_cli, write_corpus
+from indexer.reader import open_reader
+from tests.indexer.helpers import last_json, paragraph, run_cli, single_segment, write_corpus
 
 SEED_QUESTION = "Why did Armenia freeze CSTO membership?"
 
@@ -39,7 +41,7 @@ def test_cli_on_the_default_corpus_twice_embeds_nothing_the_second_time(tmp_path
     assert again["version"] == report["version"] and again["published"] is False
     assert again["seconds"] < report["seconds"] / 10
 
-    version = st.open_version(store)
+    version = single_segment(store)
     document = version.documents["stoltenberg-in-the-south-caucasus.md"]
     assert document.title == "Stoltenberg in the South Caucasus"
     assert document.metadata["date"] == "2024-03-20"
@@ -51,7 +53,7 @@ def test_cli_on_the_default_corpus_twice_embeds_nothing_the_second_time(tmp_path
 def test_store_holds_exact_offsets_normalised_vectors_and_a_bm25_index(tmp_path, repo, embedder):
     store = tmp_path / "store"
     run_index([repo / "corpus"], settings_for(store))
-    version = st.open_version(store, model_name=IndexSettings().model)
+    version = single_segment(store, model_name=IndexSettings().model)
     manifest = version.manifest
     assert manifest.model == st.ModelSpec(
         name="sentence-transformers/all-MiniLM-L6-v2", dimension=384, max_seq_length=256, normalized=True
@@ -91,7 +93,7 @@ def test_a_changed_file_re_embeds_only_its_changed_chunks_and_a_removed_file_is_
     store = tmp_path / "store"
     first = run_index([corpus], settings_for(store))
     assert first.documents == 4 and first.embedded == first.chunks
-    before = st.open_version(store)
+    before = single_segment(store)
     doc_chunks = [c for c in before.chunks if c.doc_id == "doc-0001.md"]
     assert len(doc_chunks) >= 2, "the edited document must span several chunks for this test to mean anything"
 
@@ -104,18 +106,57 @@ def test_a_changed_file_re_embeds_only_its_changed_chunks_and_a_removed_file_is_
     assert 1 <= second.embedded < len(doc_chunks) + 1
     assert second.reused == second.chunks - second.embedded
     assert second.reused >= first.chunks - len(doc_chunks)
-    after = st.open_version(store)
-    assert [c.chunk_id for c in after.chunks] == list(range(len(after.chunks)))
+    # the unchanged documents stay in their segment; the changed one is in a new one of its own
+    commit = sg.read_commit(store)
+    assert [s.name for s in commit.segments[:1]] == [sg.read_commit(store, first.version).segments[0].name]
+    assert len(commit.segments) == 2 and commit.segments[1].documents == 1
+    after = open_reader(store)
+    assert after.document_count == 4 and after.chunk_count == second.chunks
+    assert paragraph(random.Random(99)) in after.document("doc-0001.md").text
 
     (corpus / "doc-0002.md").unlink()
     third = run_index([corpus], settings_for(store))
     assert third.removed == 1 and third.embedded == 0 and third.documents == 3
-    latest = st.open_version(store)
-    assert "doc-0002.md" not in latest.documents
-    assert all(c.doc_id != "doc-0002.md" for c in latest.chunks)
-    assert latest.load_faiss().ntotal == len(latest.chunks)
-    # Old versions are cleaned up: the live one and the one before it stay.
-    assert sorted(p.name for p in st.versions_dir(store).iterdir()) == sorted([second.version, third.version])
+    latest = open_reader(store)
+    assert latest.find_document("doc-0002.md") is None
+    assert all(c.doc_id != "doc-0002.md" for c in latest.chunk_records())
+    assert latest.chunk_count == third.chunks == len(list(latest.chunk_records()))
+    # Old commits are cleaned up: the live one and the one before it stay.
+    commits = sorted(p.stem for p in (store / sg.COMMITS).iterdir())
+    assert commits == sorted([second.version, third.version])
+
+
+@pytest.mark.unit
+def test_each_update_adds_a_small_segment_and_merges_fold_them(tmp_path, monkeypatch, embedder):
+    import random
+
+    monkeypatch.setattr(sg, "MERGE_FACTOR", 3)
+    corpus = write_corpus(tmp_path / "corpus", documents=6, paragraphs=2)
+    store = tmp_path / "store"
+    first = run_index([corpus], settings_for(store))
+    base = sg.read_commit(store).segments[0].name
+    added = {}
+    for n in (1, 2, 3):
+        edited = corpus / f"doc-000{n}.md"
+        added[edited.name] = f"Marker{n}word appears here. " + paragraph(random.Random(100 + n))
+        edited.write_text(edited.read_text(encoding="utf-8") + "\n" + added[edited.name] + "\n")
+        report = run_index([corpus], settings_for(store))
+        commit = sg.read_commit(store)
+        assert commit.segments[0].name == base  # never rewritten: it only gains deletions
+        assert commit.segments[0].deletions is not None and commit.segments[0].deletions.documents == n
+        if n < 3:
+            assert [s.documents for s in commit.segments[1:]] == [1] * n
+    # the third one-document segment made three of one size class: merged into one
+    assert [s.documents for s in commit.segments] == [6, 3] and commit.segments[1].deletions is None
+    assert report.documents == 6 and report.removed == 0
+    assert {p.name for p in (store / sg.SEGMENTS).iterdir()} >= {s.name for s in commit.segments}
+    reader = open_reader(store)
+    assert reader.document_count == 6 and reader.chunk_count == report.chunks
+    for doc_id, text in added.items():
+        assert text in reader.document(doc_id).text
+        hits = [reader.chunk(i).doc_id for i, _ in reader.lexical(text.split()[0], 3)]
+        assert hits == [doc_id]
+    assert first.chunks <= report.chunks
 
 
 @pytest.mark.unit
@@ -125,10 +166,10 @@ def test_sync_semantics_new_version_holds_exactly_the_given_paths(tmp_path):
     (b / "doc-0000.md").rename(b / "other.md")
     store = tmp_path / "store"
     run_index([a, b], settings_for(store))
-    assert set(st.open_version(store).documents) == {"doc-0000.md", "doc-0001.md", "other.md"}
+    assert {d.doc_id for d in open_reader(store).documents()} == {"doc-0000.md", "doc-0001.md", "other.md"}
     report = run_index([b], settings_for(store))
     assert report.removed == 2 and report.embedded == 0
-    assert set(st.open_version(store).documents) == {"other.md"}
+    assert {d.doc_id for d in open_reader(store).documents()} == {"other.md"}
 
 
 @pytest.mark.slow  # an indexer process that loads the model
@@ -178,14 +219,14 @@ def test_a_store_built_with_another_model_is_a_clear_error_and_rebuild_fixes_it(
     with pytest.raises(st.ModelMismatchError, match="rebuild"):
         run_index([repo / "corpus"], other)
     with pytest.raises(st.ModelMismatchError):
-        st.open_version(store, model_name="all-MiniLM-L6-v2")
+        open_reader(store, model_name="all-MiniLM-L6-v2")
 
     result = run_cli("corpus", "--store", store, "--model", "all-MiniLM-L6-v2")
     assert result.returncode == 2 and "ragqa-index --rebuild" in result.stderr
 
     report = run_index([repo / "corpus"], other, rebuild=True)
     assert report.embedded == report.chunks
-    assert st.open_version(store, model_name="all-MiniLM-L6-v2").manifest.model.name == "all-MiniLM-L6-v2"
+    assert open_reader(store, model_name="all-MiniLM-L6-v2").manifest.model.name == "all-MiniLM-L6-v2"
 
 
 @pytest.mark.unit
@@ -197,7 +238,7 @@ def test_a_model_given_as_a_local_folder_works(tmp_path, repo):
     store_a, store_b = tmp_path / "a", tmp_path / "b"
     run_index([repo / "corpus"], settings_for(store_a, model=str(folder)))
     run_index([repo / "corpus"], settings_for(store_b))
-    a, b = st.open_version(store_a), st.open_version(store_b)
+    a, b = single_segment(store_a), single_segment(store_b)
     assert a.manifest.model.name == str(folder)
     assert [c.hash for c in a.chunks] == [c.hash for c in b.chunks]
     va = a.load_faiss().reconstruct_n(0, len(a.chunks))
@@ -218,6 +259,6 @@ def test_jsonl_documents_keep_their_ids_titles_and_metadata(tmp_path):
     report = run_index([data], settings_for(tmp_path / "store"))
     assert report.documents == 2
     assert [s["reason"] for s in report.skipped] == ["invalid JSON: Expecting value"]
-    version = st.open_version(tmp_path / "store")
+    version = single_segment(tmp_path / "store")
     assert version.documents["wiki:Armenia#0"].metadata == {"lang": "en"}
     assert version.documents["wiki:Georgia#0"].title == "Georgia"

@@ -11,11 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer import segments as sg
 from indexer import store as st
 from indexer.config import IndexSettings
 from indexer.pipeline import run_index
 from indexer.reader import LocalStoreReader, StoreReader, open_reader
-from tests.indexer.helpers import as_written_before_records, write_corpus
+from tests.indexer.helpers import (
+    as_written_before_records,
+    resummed,
+    segment_folder,
+    single_segment,
+    write_corpus,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -150,17 +157,17 @@ def store_copy(built: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(built, tmp_path / "store"))
 
 
-def version_folder(store: Path) -> Path:
-    version_id = st.current_version_id(store)
-    assert version_id is not None
-    return st.versions_dir(store) / version_id
+version_folder = segment_folder
 
 
 def test_the_local_reader_keeps_the_contract(built: Path) -> None:
     reader: StoreReader = open_reader(built, model_name=IndexSettings().model)
-    version = st.open_version(built)
+    version = single_segment(built)
     assert isinstance(reader, LocalStoreReader)
-    assert reader.version_id == version.version_id and reader.manifest == version.manifest
+    assert reader.version_id == sg.read_commit(built).version == st.current_version_id(built)
+    assert (
+        reader.manifest.model == version.manifest.model and reader.manifest.counts == version.manifest.counts
+    )
     assert reader.document_count == len(version.documents) == reader.manifest.counts.documents
     assert reader.chunk_count == len(version.chunks) == reader.manifest.counts.chunks
     assert [d.doc_id for d in reader.documents()] == list(version.documents)
@@ -207,7 +214,7 @@ def test_a_version_with_an_older_manifest_opens_and_searches_the_same(store_copy
     value = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     del value["index"]["lexical_tokenizer"]
     (folder / "manifest.json").write_text(json.dumps(value), encoding="utf-8")
-    after = open_reader(store_copy)
+    after = open_reader(resummed(store_copy))
     assert after.manifest.index.lexical_tokenizer == st.LexicalTokenizerSpec()
     query = after.chunk_text(0)
     assert after.lexical(query, 5) == before.lexical(query, 5)
@@ -218,14 +225,14 @@ def test_a_version_whose_sentence_vectors_lack_a_row_is_refused(store_copy: Path
     sentences = np.load(folder / "sentences.npy")
     np.save(folder / "sentences.npy", sentences[:-1])
     with pytest.raises(st.StoreError, match=r"sentences\.npy has \d+ sentence vectors but its chunks hold"):
-        open_reader(store_copy)
+        open_reader(resummed(store_copy))
 
 
 def test_a_version_whose_sentence_vectors_have_another_width_is_refused(store_copy: Path) -> None:
     folder = version_folder(store_copy)
     np.save(folder / "sentences.npy", np.load(folder / "sentences.npy")[:, :100])
     with pytest.raises(st.StoreError, match="damaged"):
-        open_reader(store_copy)
+        open_reader(resummed(store_copy))
 
 
 def test_a_version_whose_chunks_disagree_with_its_faiss_index_is_refused(store_copy: Path) -> None:
@@ -240,7 +247,7 @@ def test_a_version_whose_chunks_disagree_with_its_faiss_index_is_refused(store_c
     extra = {**last, "chunk_id": last["chunk_id"] + 1}
     (folder / "chunks.jsonl").write_text("\n".join([*lines, json.dumps(extra)]) + "\n", encoding="utf-8")
     with pytest.raises(st.StoreError, match=r"index\.faiss holds \d+ vectors"):
-        open_reader(store_copy)
+        open_reader(resummed(store_copy))
 
 
 def test_a_version_whose_counts_disagree_with_its_records_is_refused(store_copy: Path) -> None:
@@ -249,7 +256,7 @@ def test_a_version_whose_counts_disagree_with_its_records_is_refused(store_copy:
     value["counts"]["documents"] += 1
     (folder / "manifest.json").write_text(json.dumps(value), encoding="utf-8")
     with pytest.raises(st.StoreError, match="manifest counts"):
-        open_reader(store_copy)
+        open_reader(resummed(store_copy))
 
 
 def test_the_writer_refuses_sentence_vectors_that_do_not_match_the_chunks(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from indexer.reader import LocalStoreReader, open_reader
 from indexer.text import WORDS_SPEC, word_frequencies, words
 from service import text as service_text
 from service.index import LoadedIndex
-from tests.indexer.helpers import as_written_before_records, write_corpus
+from tests.indexer.helpers import as_written_before_records, segment_folder, write_corpus
 
 pytestmark = pytest.mark.unit
 
@@ -96,9 +96,16 @@ def write(store: Path, data: st.VersionData, version_id: str = "20260101T0000000
 
 
 def version_folder(store: Path) -> Path:
+    """The folder of the store's live version (written by `write`) or of its one segment (written by an
+    index run)."""
     version_id = st.current_version_id(store)
     assert version_id is not None
-    return st.versions_dir(store) / version_id
+    folder = st.versions_dir(store) / version_id
+    return folder if folder.is_dir() else segment_folder(store)
+
+
+def live_version(store: Path) -> st.Version:
+    return st.open_folder(store, version_folder(store), "live")
 
 
 def older_copy(store: Path, to: Path, sentence_vectors: np.ndarray | None = None) -> Path:
@@ -385,12 +392,12 @@ def test_chunk_vectors_are_read_from_the_faiss_index_itself(
     which: str, request: pytest.FixtureRequest
 ) -> None:
     store: Path = request.getfixturevalue(which)
-    version = st.open_version(store)
+    version = live_version(store)
     index = version.load_faiss()
     copied = index.reconstruct_n(0, index.ntotal)  # what the reader held beside the index before
     reader = open_reader(store)
     assert isinstance(reader, LocalStoreReader)
-    held = reader._chunk_vectors
+    held = reader._placed[0].segment.vectors
     assert not held.flags.owndata and not held.flags.writeable  # a view, not a second copy
     ids = list(range(reader.chunk_count))
     assert np.array_equal(reader.chunk_vectors(ids), copied)
@@ -412,7 +419,7 @@ def test_chunk_vectors_are_read_from_the_faiss_index_itself(
 def test_sentence_rows_are_read_from_the_file_not_through_a_mapping(tmp_path: Path, store: Path) -> None:
     reader = open_reader(store)
     assert isinstance(reader, LocalStoreReader)
-    rows = reader._sentence_vectors
+    rows = reader._placed[0].segment.sentences
     assert rows._array is None and rows._file is not None  # pread: reading rows maps nothing
 
     mapped = st.open_version(store).load_sentence_vectors()
