@@ -113,10 +113,11 @@ STAGES: list[tuple[str, str, str, bool]] = [
         True,
     ),
     ("indexer.store.EmbeddingCache", "put_many", "embedding cache writes (sqlite)", True),
-    ("indexer.store", "write_version", "write version", True),
+    ("indexer.segments", "write_segment", "write segment", True),
     ("indexer.store", "_write_jsonl", "  of which documents/chunks jsonl", False),
-    ("indexer.store", "_write_bm25", "  of which bm25 index", False),
-    ("indexer.store", "remove_old_versions", "remove old versions", True),
+    ("indexer.lexical.LexicalSegment", "write", "  of which bm25 index", False),
+    ("indexer.segments", "sum_folder", "  of which checksums", False),
+    ("indexer.segments", "collect_garbage", "remove unused segments", True),
     ("indexer.store.EmbeddingCache", "keep_only", "embedding cache pruning (sqlite)", True),
 ]
 
@@ -149,7 +150,11 @@ def breakdown_rows(timers: StageTimers, total: float) -> list[dict[str, Any]]:
 def embedded_texts(settings: IndexSettings) -> tuple[list[str], int]:
     """The texts the indexer embedded, in chunk order, rebuilt from the store; and how many of them
     do not hash to their chunk's recorded hash (must be 0)."""
-    version = st.open_version(settings.store)
+    from indexer import segments as sg
+
+    commit = sg.read_commit(settings.store)
+    (entry,) = commit.segments  # a fresh store: one segment
+    version = st.open_folder(settings.store, commit.folder(settings.store, entry), entry.name)
     fingerprint = version.manifest.chunker
     chunker = Chunker(
         load_embedder(settings.model, settings.batch_size).tokenizer,

@@ -2,21 +2,29 @@
 
     python -m bench.scale --chunks N [--store DIR] [--questions Q] [--seed S] [--results DIR]
 
-1. **A synthetic store of N one-chunk documents**, written through indexer.store's own API as
-   indexer/pipeline.py writes a version (`VersionData` with a `Manifest`, `write_version`, `publish`,
-   under `writer_lock`). Each document is five sentences drawn (seeded) from the sentences of
-   ../shared/data/corpus/wiki-leads-10k.jsonl (split with indexer.chunking.split_sentences), so that
-   BM25 and answering work on real text; its title is the title of its first sentence's article; its
-   one chunk is its whole text, with the exact offsets of the chunk and of its five sentences.
-   **The vectors are random**: unit vectors (float32, normalised), one per chunk and one per sentence,
-   made with numpy in slabs, because the model would take hours to embed 100,000 chunks on two cores.
-   So `recall_at_10_vs_exact` measures the service's dense index against exact search over the very
-   same vectors, never the model's quality. The synthetic store has no embedding cache (a store built
-   by ragqa-index also holds every chunk's vectors in cache/embeddings.sqlite).
+1. **A synthetic store of N one-chunk documents**, written as indexer/pipeline.py writes one now
+   (store format 3, indexer.segments): ONE segment (`sg.write_segment` of a `VersionData` with a
+   `Manifest`; its dense index chosen by size by indexer.dense: exact `IndexFlatIP` below
+   `dense.EXACT_BELOW` chunks, HNSW above; BM25 by indexer.lexical), a commit of it (`sg.new_commit`,
+   `sg.publish_commit`), under `writer_lock`. Each document is five sentences drawn (seeded) from the
+   sentences of ../shared/data/corpus/wiki-leads-10k.jsonl (split with
+   indexer.chunking.split_sentences), so that BM25 and answering work on real text; its title is the
+   title of its first sentence's article; its one chunk is its whole text, with the exact offsets of the
+   chunk and of its five sentences.
+   **The vectors are real sentence embeddings, combined**: every sentence of the pool is encoded once by
+   the model (its batch `encode`, POOL_BATCH a batch; a few minutes on two cores, cached in
+   var/scale/pool-vectors-<corpus sha[:12]>-<model>.npy and reused). A document's sentence vectors are
+   its five sentences' own vectors (each encoded alone, where ragqa-index reads them in the passage's
+   context), its chunk vector the L2-normalised mean of those five: not the model's encoding of the
+   concatenated text (embedding N chunks would take hours on two cores), but vectors that lie where text
+   embeddings lie, which random 384-d vectors (the worst case for approximate search) do not. So
+   `recall_at_10_vs_exact` measures the service's dense index against exact search over the very same
+   vectors, never the model's quality. The synthetic store has no embedding cache (a store built by
+   ragqa-index also holds every chunk's vectors in cache/embeddings.sqlite).
    The store stays in --store (default var/scale/N) with a marker file (bench-scale.json) naming N, the
-   seed and the corpus; a later run with the same ones reuses it, and says so, instead of building it
-   again (`build_s` is then the figure of the run that built it). A folder that is not such a store is
-   never overwritten.
+   seed, the corpus, the model, the recipe (GENERATOR) and the built commit; a later run with the same
+   ones reuses it, and says so, instead of building it again (`build_s` is then the figure of the run
+   that built it). A folder that is not such a store is never overwritten.
 2. **The real service over it** (service.processes.running_service): `ready_s` from its start to
    /readyz 200, `rss_mb` its resident memory after a warm-up of 20 questions.
 3. **Questions**: real text, encoded by the real model in the server: Q sentences of the same corpus
@@ -26,42 +34,52 @@
    (`ask_p50_ms`). Each phase records the stage means of /metrics and the CPU that other processes
    took meanwhile (another process on the machine disturbs the figures).
 4. **`recall_at_10_vs_exact`**: for each search question, the passages whose `dense_rank` ≤ 10 (the
-   service's dense top-10) against the exact top-10 computed here with numpy over the version's chunk
-   vectors and the question's vector (encoded in this process by the same model,
+   service's dense top-10) against the exact top-10 computed here with numpy over the built commit's
+   chunk vectors (each segment's, read from its dense index with `dense.stored_vectors`; chunk id =
+   position in commit order) and the question's vector (encoded in this process by the same model,
    `load_embedder(...).encode_short`, one question at a time as the server does). The service returns
    the best top_k of the fused dense and BM25 lists (each `max(RAGQA_CANDIDATES, top_k)` = 50 deep for
-   top_k 50), so its default fusion does not promise the whole dense top-10 in a top_k 50 answer, and
-   with random sentence vectors it does push some out (the run records how many answers held it). So
-   recall is read from a second start of the service, after the measured one, whose fusion keeps the
-   dense order (RAGQA_SENTENCE_WEIGHT=0, RAGQA_BM25_WEIGHT=0: the fused score is the chunk's cosine,
-   its top 50 the dense top 50); every answer is checked to hold dense ranks 1..10 and the run fails
-   loudly when one does not. Today's index is exact: the baseline is 1.0.
-5. **One document updated**: new text (five other held-out sentences) and new random vectors, written
-   as a new version through the same API as an incremental index run would (open the live version,
-   take the unchanged chunks and their vectors, the changed one new; `write_version`, `publish`): today
-   that rewrites the whole version. `update_one_doc_s` runs from the start of the update to the moment
-   the running service serves it (/readyz reports the new index_version, polled every 0.1 s),
-   `reload_s` from `publish` to served (it includes up to RAGQA_RELOAD_INTERVAL, 1 s, of the service's
-   polling), `rss_during_reload_mb` is the server's peak RSS sampled every 50 ms over the update. The
-   updated document is then read back over HTTP to check it is the one served.
-6. When the measured service has stopped, the store is put back to its built version (the update's
-   version removed), for the recall service and so that a rerun reuses the same store. Last, where a
-   start's time and memory go: the steps of opening the built version as the service does
-   (indexer.reader.LocalStoreReader, service.index.LoadedIndex), timed in this process with the RSS
-   each adds (`load_profile`).
+   top_k 50), so its default fusion does not promise the whole dense top-10 in a top_k 50 answer (the
+   run records how many answers held it). So recall is read from a second start of the service, after
+   the measured one, whose fusion keeps the dense order (RAGQA_SENTENCE_WEIGHT=0, RAGQA_BM25_WEIGHT=0:
+   the fused score is the chunk's cosine, its top 50 the dense top 50); every answer is checked to hold
+   dense ranks 1..10 and the run fails loudly when one does not. A segment below `dense.EXACT_BELOW`
+   chunks is searched exactly (recall 1.0); a larger one by HNSW (`dense_index` says which).
+5. **One document updated** as an incremental index run commits it now: under the writer's lock, the
+   live commit opened (`sg.LiveStore`), the document found; ONE new segment holding only the new
+   document (new text: five other held-out sentences; their real vectors, the chunk's their normalised
+   mean) written with `sg.write_segment`, a tombstone for the old row (`sg.write_deletions`), a commit
+   of the live segments plus the new one (`sg.new_commit`, `sg.publish_commit`): what is written
+   (`written_mb`: the segment, the tombstone and the commit) does not grow with N.
+   `update_one_doc_s` runs from the start of the update to the moment the running service serves it
+   (/readyz reports the new index_version, polled every 0.1 s), `reload_s` from `publish` to served (it
+   includes up to RAGQA_RELOAD_INTERVAL, 1 s, of the service's polling), `rss_during_reload_mb` is the
+   server's peak RSS sampled every 50 ms over the update. The updated document is then read back over
+   HTTP to check it is the one served.
+6. When the measured service has stopped, CURRENT is put back to the built commit (the update's commit,
+   segment and tombstone removed by `sg.collect_garbage` on the way out), for the recall service and so
+   that a rerun reuses the same store. Last, where a start's time and memory go (`load_profile`), timed
+   in this process with the RSS each step adds: the steps of `indexer.reader.Segment.open` one by one
+   (checksums, records, dense index, BM25, sentence vectors, checks), then what a start does
+   (`LocalStoreReader.open` reusing nothing, `service.index.LoadedIndex`: `total`), then the hot reload
+   to the update's commit (`LocalStoreReader.open(..., previous=reader)`: only the new segment opened).
 
 Memory figures (`*_mb`) are MiB (2**20 bytes), disk figures too. One JSON line with every figure is the
-last line of stdout; the results (one row per N: a run at one N keeps the other rows) go to
-bench/results/scale.{json,md} (or --results DIR), the Markdown table to stderr.
+last line of stdout; the results (one row per N: a run at one N keeps the other rows made by the same
+recipe, GENERATOR, and drops the others') go to bench/results/scale.{json,md} (or --results DIR), the
+Markdown table to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import gc
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -97,6 +115,8 @@ from bench.harness import (
     shared_data,
     stage_means_ms,
 )
+from indexer import dense
+from indexer import segments as sg
 from indexer import store as st
 from indexer.chunking import Chunker, ChunkerSettings, split_sentences
 from indexer.config import IndexSettings
@@ -107,14 +127,18 @@ from service.processes import RunningProcess, running_service
 DEFAULT_CORPUS = shared_data("corpus/wiki-leads-10k.jsonl")
 SCALE_DIR = REPO / "var" / "scale"
 MARKER = "bench-scale.json"  # in the store's folder: what built it
-GENERATOR = 1  # the synthetic data's recipe: a store built by another recipe is built again
+GENERATOR = 2  # the synthetic data's recipe: a store built by another recipe is built again
+# (1: random vectors, a format-2 version; 2: the pool's real sentence vectors, one segment of a commit)
 SENTENCES_PER_DOC = 5
 MIN_WORDS, MAX_CHARS = 4, 600  # the corpus sentences used, as documents' sentences and as questions
 HELD_OUT = 2500  # sentences never in a store: warm-up, questions, the update's new text
 WARMUP = 20
 SEARCH_TOP_K = 50
 RECALL_K = 10
-VECTOR_SLAB = 16_384  # rows of random vectors made at a time
+EXACT_QUESTIONS = 32  # questions scored at a time by the exact search (a chunks × 32 float32 block)
+VECTOR_SLAB = 8_192  # documents' chunk vectors made at a time
+POOL_BATCH = 128  # sentences per model call when the pool is encoded
+POOL_SLAB = 4_096  # sentences encoded between two progress lines
 LOCK_WAIT = 30.0
 READY_TIMEOUT = 1800.0  # seconds for the server to load the model and the store
 SERVED_TIMEOUT = 1800.0  # seconds for the server to serve an update
@@ -124,13 +148,16 @@ SERVED_POLL = 0.1  # seconds between /readyz polls while waiting for the update 
 AFTER_RELOAD = 3.0  # seconds after the update is served at which the server's RSS is read again
 # The recall service's fusion: the fused score is the chunk's cosine alone, so its top 50 is the dense top
 # 50 and every dense rank <= 10 is in a top_k 50 answer (the default fusion adds the best sentence's cosine
-# and BM25, and with random sentence vectors that reorders the dense hits enough to push some of the dense
-# top-10 out of the 50 returned).
+# and BM25, which can reorder the dense hits enough to push some of the dense top-10 out of the 50
+# returned).
 RECALL_ENV = {"RAGQA_FUSION": "score", "RAGQA_SENTENCE_WEIGHT": "0", "RAGQA_BM25_WEIGHT": "0"}
 DISTURBED_CORES = 0.25  # other processes' CPU use above which a phase's figures are not to be trusted
 VECTORS_NOTE = (
-    "random unit vectors (float32, normalised; numpy, seeded), one per chunk and one per sentence, for"
-    " speed: recall figures measure the index against exact search, not the model"
+    "real model vectors of corpus sentences: every sentence of the pool encoded once by the model (batched,"
+    " cached in var/scale), a document's sentence vectors its five sentences' own vectors (each encoded"
+    " alone, not in the document's context), its chunk vector the L2-normalised mean of those five (not the"
+    " model's encoding of the concatenated text, but where text embeddings lie); recall figures measure the"
+    " dense index against exact search over the same vectors, not the model"
 )
 HEADLINE = (
     "chunks",
@@ -165,6 +192,7 @@ def mib(n_bytes: float) -> float:
 class Sentence:
     text: str
     title: str  # of the article it comes from
+    index: int  # its position in the pool (and its row of the pool's vectors)
 
 
 def sentence_pool(corpus: Path) -> list[Sentence]:
@@ -182,7 +210,7 @@ def sentence_pool(corpus: Path) -> list[Sentence]:
                 sentence = text[start:end]
                 if len(sentence.split()) >= MIN_WORDS and len(sentence) <= MAX_CHARS and sentence not in seen:
                     seen.add(sentence)
-                    pool.append(Sentence(sentence, title))
+                    pool.append(Sentence(sentence, title, len(pool)))
     return pool
 
 
@@ -228,13 +256,67 @@ def compose(sentences: Sequence[str]) -> tuple[str, tuple[Span, ...]]:
     return text, tuple(spans)
 
 
-def random_unit_vectors(rng: np.random.Generator, rows: int, dimension: int) -> np.ndarray:
-    """`rows` random float32 unit vectors, made VECTOR_SLAB rows at a time."""
-    out = np.empty((rows, dimension), dtype=np.float32)
-    for at in range(0, rows, VECTOR_SLAB):
-        block = rng.standard_normal((min(VECTOR_SLAB, rows - at), dimension), dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out[at : at + len(block)] = block
+def normalised(rows: np.ndarray) -> np.ndarray:
+    """The rows (float32) scaled to unit length, in place."""
+    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return rows
+
+
+def pool_vectors_path(corpus_sha: str, model: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
+    return SCALE_DIR / f"pool-vectors-{corpus_sha[:12]}-{safe}.npy"
+
+
+def pool_vectors(pool: list[Sentence], embedder: Embedder, corpus_sha: str) -> np.ndarray:
+    """Every pool sentence's vector by the real model (float32, L2-normalised, pool order): read from
+    var/scale/pool-vectors-<corpus sha[:12]>-<model>.npy when it holds one row per sentence, else
+    encoded now (the model's batch `encode`, POOL_BATCH sentences a batch, a few minutes on two cores)
+    and saved there for the next run."""
+    path = pool_vectors_path(corpus_sha, embedder.info.name)
+    expected = (len(pool), embedder.info.dimension)
+    if path.is_file():
+        try:
+            cached = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            log(f"{path} cannot be read ({exc}): encoding the pool again")
+        else:
+            if cached.shape == expected and cached.dtype == np.float32:
+                log(f"the pool's {len(pool):,} sentence vectors: reusing {path}")
+                return np.array(cached)
+            log(
+                f"{path} holds {cached.shape} {cached.dtype}, not {expected} float32: encoding the pool again"
+            )
+    log(
+        f"encoding the pool's {len(pool):,} sentences with {embedder.info.name} (batches of {POOL_BATCH},"
+        f" once per corpus and model; cached in {path}) ..."
+    )
+    batcher = copy.copy(embedder)  # the same model, another batch size
+    batcher.batch_size = POOL_BATCH
+    started = time.perf_counter()
+    out = np.empty(expected, dtype=np.float32)
+    for at in range(0, len(pool), POOL_SLAB):
+        slab = [s.text for s in pool[at : at + POOL_SLAB]]
+        out[at : at + len(slab)] = batcher.encode(slab)
+        log(f"  {at + len(slab):,} / {len(pool):,} in {time.perf_counter() - started:.0f} s")
+    normalised(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, out)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    log(f"encoded the pool in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def document_vectors(pool_vectors: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """One vector per row of `picks` (pool indices of a document's sentences): the L2-normalised mean of
+    those sentences' vectors (float32), made VECTOR_SLAB rows at a time."""
+    out = np.empty((len(picks), pool_vectors.shape[1]), dtype=np.float32)
+    for at in range(0, len(picks), VECTOR_SLAB):
+        block = pool_vectors[picks[at : at + VECTOR_SLAB]].mean(axis=1, dtype=np.float32)
+        out[at : at + len(block)] = normalised(block)
     return out
 
 
@@ -297,10 +379,10 @@ def manifest_for(embedder: Embedder, chunker: Chunker, documents: int, sentences
             overlap_sentences=0,
             embed_title=True,
         ),
-        embedded_text=f"bench.scale: not embedded ({VECTORS_NOTE}); would be: {EMBEDDED_TEXT}",
+        embedded_text=f"bench.scale: not embedded as such ({VECTORS_NOTE}); would be: {EMBEDDED_TEXT}",
         sentence_vectors=f"bench.scale: {VECTORS_NOTE}",
         index=st.IndexSpec(
-            dense="faiss.IndexFlatIP",
+            dense=f"faiss: exact (IndexFlatIP) in segments below {dense.EXACT_BELOW} chunks, else HNSW",
             bm25="bm25s, English stopwords, same texts",
             lexical_tokenizer=st.LexicalTokenizerSpec(library="bm25s", stopwords="en", lower=True),
         ),
@@ -309,9 +391,10 @@ def manifest_for(embedder: Embedder, chunker: Chunker, documents: int, sentences
 
 
 def synthetic_version(
-    n: int, texts: Texts, embedder: Embedder, prefixes: Prefixes, seed: int
+    n: int, texts: Texts, embedder: Embedder, prefixes: Prefixes, seed: int, pool_vectors: np.ndarray
 ) -> st.VersionData:
-    """N one-chunk documents of five distinct sentences each, with random vectors (seeded)."""
+    """N one-chunk documents of five distinct sentences each (seeded): each sentence's vector its real
+    one from the pool's, the chunk's the normalised mean of its five (`document_vectors`)."""
     rng = np.random.default_rng([seed, 1])
     pool = texts.documents
     picks = rng.integers(0, len(pool), size=(n, SENTENCES_PER_DOC))
@@ -331,10 +414,11 @@ def synthetic_version(
         chunks.append(chunk)
         files.append(file)
         bm25_texts.append(embedded)
-    dimension = embedder.info.dimension
-    vectors = random_unit_vectors(np.random.default_rng([seed, 2]), n, dimension)
-    sentence_vectors = random_unit_vectors(np.random.default_rng([seed, 3]), n * SENTENCES_PER_DOC, dimension)
     manifest = manifest_for(embedder, prefixes.chunker, n, n * SENTENCES_PER_DOC)
+    rows = np.array([s.index for s in pool], dtype=np.int64)[picks]  # (n, 5) rows of the pool's vectors
+    vectors = document_vectors(pool_vectors, rows)
+    # in the dtype the store keeps them in (float16), so that writing them makes no copy of n × 5 rows
+    sentence_vectors = pool_vectors.astype(manifest.sentence_vectors_dtype)[rows.reshape(-1)]
     return st.VersionData(manifest, documents, chunks, files, vectors, sentence_vectors, bm25_texts)
 
 
@@ -361,31 +445,44 @@ def write_marker(store: Path, value: dict[str, Any]) -> None:
 
 
 def reusable_version(store: Path, identity: dict[str, Any]) -> str | None:
-    """The built version of a complete bench.scale store with this identity (N, seed, corpus, recipe),
-    if its files are there."""
+    """The built commit of a complete bench.scale store with this identity (N, seed, corpus, recipe),
+    if its commit and its segments' folders are there."""
     marker = read_marker(store)
     if marker is None or not marker.get("complete") or any(marker.get(k) != v for k, v in identity.items()):
         return None
     version_id = str(marker.get("version"))
+    if not sg.commit_path(store, version_id).is_file():
+        return None
     try:
-        manifest = st.read_manifest(st.versions_dir(store) / version_id)
+        commit = sg.read_commit(store, version_id)
     except st.StoreError:
         return None
-    return version_id if manifest.counts.chunks == identity["chunks"] else None
+    if commit.legacy or not all(commit.folder(store, entry).is_dir() for entry in commit.segments):
+        return None
+    return version_id if commit.manifest.counts.chunks == identity["chunks"] else None
 
 
-def restore(store: Path, version_id: str) -> list[str]:
-    """Make the built version live again and remove every other one (the update's); what was removed."""
+def restore(store: Path, version_id: str, also_keep: Sequence[str] = ()) -> list[str]:
+    """Make the built commit live again and remove every segment, tombstone and commit it does not use
+    (the update's), but those of the commits `also_keep`; what was removed."""
     with st.writer_lock(store, LOCK_WAIT):
+        built = sg.read_commit(store, version_id)
         if st.current_version_id(store) != version_id:
-            st.publish(store, version_id)
-        return st.remove_old_versions(store, keep={version_id})
+            sg.publish_commit(store, built)
+        kept = [built] + [sg.read_commit(store, v) for v in also_keep if sg.commit_path(store, v).is_file()]
+        return sg.collect_garbage(store, kept)
 
 
 def ensure_store(
-    store: Path, identity: dict[str, Any], texts: Texts, embedder: Embedder, prefixes: Prefixes
+    store: Path,
+    identity: dict[str, Any],
+    texts: Texts,
+    embedder: Embedder,
+    prefixes: Prefixes,
+    vectors: Callable[[], np.ndarray],
 ) -> tuple[str, dict[str, Any], bool]:
-    """The store's built version, its build figures and whether it was reused rather than built now."""
+    """The store's built commit, its build figures and whether it was reused rather than built now.
+    `vectors()`: the pool's sentence vectors, asked for only when the store is built."""
     version_id = reusable_version(store, identity)
     if version_id is not None:
         marker = read_marker(store) or {}
@@ -393,7 +490,7 @@ def ensure_store(
         log(
             f"reusing the store {store} (built {marker.get('built')}, {identity['chunks']:,} chunks, seed"
             f" {identity['seed']}): not rebuilding it"
-            + (f"; removed the versions {removed} a previous run left" if removed else "")
+            + (f"; removed what a previous run left: {', '.join(removed)}" if removed else "")
         )
         return version_id, dict(marker.get("build") or {}), True
 
@@ -408,28 +505,30 @@ def ensure_store(
     store.mkdir(parents=True, exist_ok=True)
     write_marker(store, {**identity, "complete": False})
     n = identity["chunks"]
-    log(f"building a synthetic store of {n:,} one-chunk documents in {store} ...")
+    pool_vectors = vectors()
+    log(f"building a synthetic store of {n:,} one-chunk documents (one segment) in {store} ...")
     started = time.perf_counter()
     with st.writer_lock(store, LOCK_WAIT):
-        data = synthetic_version(n, texts, embedder, prefixes, identity["seed"])
+        data = synthetic_version(n, texts, embedder, prefixes, identity["seed"], pool_vectors)
         generated = time.perf_counter()
-        version_id = st.new_version_id()
-        data.manifest = replace(data.manifest, version=version_id)
-        st.write_version(store, version_id, data)
+        entry = sg.write_segment(store, data)
         written = time.perf_counter()
-        st.publish(store, version_id)
+        commit = sg.new_commit(None, data.manifest, [entry])
+        sg.publish_commit(store, commit)
         published = time.perf_counter()
     build = {
         "build_s": round(published - started, 2),
         "generate_s": round(generated - started, 2),
-        "write_version_s": round(written - generated, 2),
+        "write_segment_s": round(written - generated, 2),
         "publish_s": round(published - written, 3),
+        "segment": entry.name,
         "bench_rss_peak_mb": memory_mib(os.getpid())["peak"],
     }
     del data
     gc.collect()
+    version_id = commit.version
     write_marker(store, {**identity, "complete": True, "version": version_id, "built": now(), "build": build})
-    log(f"built in {build['build_s']} s (write_version {build['write_version_s']} s)")
+    log(f"built in {build['build_s']} s (write_segment {build['write_segment_s']} s), commit {version_id}")
     return version_id, build, False
 
 
@@ -440,12 +539,19 @@ def tree_bytes(path: Path) -> int:
 
 
 def disk_usage(store: Path, version_id: str) -> dict[str, Any]:
-    """The store's size (every file's size, summed) and its version's, file by file."""
-    version = st.versions_dir(store) / version_id
+    """The store's size (every file's size, summed), its built commit's segments' and, file by file
+    (each name summed over the segments), what those hold."""
+    commit = sg.read_commit(store, version_id)
+    folders = [commit.folder(store, entry) for entry in commit.segments]
+    files: dict[str, int] = {}
+    for folder in folders:
+        for path in sorted(folder.iterdir()):
+            files[path.name] = files.get(path.name, 0) + tree_bytes(path)
     return {
         "store_mb": mib(tree_bytes(store)),
-        "version_mb": mib(tree_bytes(version)),
-        "version_files_mb": {p.name: mib(tree_bytes(p)) for p in sorted(version.iterdir())},
+        "segments_mb": mib(sum(tree_bytes(folder) for folder in folders)),
+        "segment_files_mb": {name: mib(size) for name, size in sorted(files.items())},
+        "commit_kb": round(sg.commit_path(store, version_id).stat().st_size / 1024, 1),
     }
 
 
@@ -458,18 +564,29 @@ def question_vectors(embedder: Embedder, questions: list[str]) -> np.ndarray:
 
 
 def exact_top(store: Path, version_id: str, vectors: np.ndarray, k: int) -> list[list[int]]:
-    """The exact top-k chunk ids by inner product of each question vector, over the version's own chunk
-    vectors (read from its index through the store API)."""
-    index = st.open_version(store, version_id=version_id).load_faiss()
-    chunks = np.asarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
-    k = min(k, len(chunks))
-    tops: list[list[int]] = []
-    for at in range(0, len(vectors), 64):
-        scores = chunks @ vectors[at : at + 64].T  # (chunks, questions)
-        for column in scores.T:
-            best = np.argpartition(-column, k - 1)[:k]
-            tops.append([int(c) for c in best[np.argsort(-column[best])]])
-    return tops
+    """The exact top-k chunk ids by inner product of each question vector, over the commit's own chunk
+    vectors: each segment's, read from its dense index (`dense.stored_vectors`: a view of the index's
+    flat storage, no copy), global chunk id = the segment's first id + its row, in commit order; the
+    commit's deleted chunks left out. Segment by segment, so nothing is concatenated."""
+    commit = sg.read_commit(store, version_id)
+    candidates: list[list[tuple[float, int]]] = [[] for _ in range(len(vectors))]
+    base = 0
+    for entry in commit.segments:
+        version = st.open_folder(store, commit.folder(store, entry), entry.name)
+        chunks = dense.stored_vectors(version.load_faiss())
+        deleted = sg.deleted_chunks(version.chunks.document_rows, sg.read_deletions(store, commit, entry))
+        kk = min(k, len(chunks))
+        for at in range(0, len(vectors) if kk else 0, EXACT_QUESTIONS):
+            scores = chunks @ vectors[at : at + EXACT_QUESTIONS].T  # (chunks, questions)
+            if len(deleted):
+                scores[deleted] = -np.inf
+            for q, column in enumerate(scores.T, start=at):
+                best = np.argpartition(-column, kk - 1)[:kk]
+                candidates[q].extend((float(column[c]), base + int(c)) for c in best if column[c] > -np.inf)
+            del scores
+        base += entry.chunks
+        del chunks, version
+    return [[chunk for _, chunk in sorted(found, key=lambda pair: -pair[0])[:k]] for found in candidates]
 
 
 # --- the service ----------------------------------------------------------------------------------
@@ -599,68 +716,94 @@ class Update:
     published: float
     steps_s: dict[str, float]
     written_mb: float
+    written: dict[str, Any]
 
 
 def update_one_document(
-    store: Path, doc_index: int, sentences: list[Sentence], prefixes: Prefixes, seed: int
+    store: Path,
+    doc_index: int,
+    sentences: list[Sentence],
+    sentence_vectors: np.ndarray,
+    prefixes: Prefixes,
+    seed: int,
 ) -> Update:
-    """One document changed (new text, new random vectors) and published as a new version, the way an
-    incremental index run writes one today: the live version opened, its unchanged chunks and their
-    vectors kept (ragqa-index takes those from its embedding cache; this synthetic store has none, so
-    from the version's own files), the whole version written again, published."""
+    """One document changed (new text, its sentences' real vectors) and committed the way an incremental
+    index run commits it (indexer.pipeline): under the writer's lock, the live commit opened
+    (`sg.LiveStore`), the document found; ONE new segment holding only the new document written
+    (`sg.write_segment`), a tombstone for its old row in its segment (`sg.write_deletions`: the rows
+    that segment had deleted already, and this one), a commit of the live segments (that one with its new
+    deletions) and the new one appended (`sg.new_commit`, `sg.publish_commit`). Nothing else is written:
+    no other segment is read beyond its records, nothing is embedded (ragqa-index would embed the one new
+    chunk; here its vectors are the pool's). Then, as the indexer does after publishing, the garbage
+    collected (keeping the previous commit, which a service may still be loading)."""
     began = time.perf_counter()
     with st.writer_lock(store, LOCK_WAIT):
-        previous = st.open_version(store)
-        index = previous.load_faiss()
-        vectors = np.asarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)  # a new array
-        sentence_vectors = previous.load_sentence_vectors()  # a new, writable array (np.load)
-        read = time.perf_counter()
-
-        documents = list(previous.documents.values())
-        old = documents[doc_index]
-        chunks = list(previous.chunks)
-        files = list(previous.files)
-        position = next(c.chunk_id for c in chunks if c.doc_id == old.doc_id)
-        if sum(1 for c in chunks if c.doc_id == old.doc_id) != 1 or len(chunks[position].sentences) != len(
+        live = sg.LiveStore.open(store)
+        doc_id = doc_id_of(doc_index)
+        found = live.find(doc_id)
+        if found is None:
+            raise SystemExit(f"{doc_id} is not in the live commit {live.commit.version} of {store}")
+        position, row = found
+        segment = live.segments[position]
+        old = segment.version.documents.record(row)
+        chunk_rows = np.flatnonzero(segment.version.chunks.document_rows == row)
+        if len(chunk_rows) != 1 or len(segment.version.chunks[int(chunk_rows[0])].sentences) != len(
             sentences
         ):
-            raise SystemExit(f"{old.doc_id} is not a one-chunk document of {len(sentences)} sentences")
-        document, chunk, file, _ = document_and_chunk(
-            doc_index, sentences, old.title, position, prefixes, seed
+            raise SystemExit(f"{doc_id} is not a one-chunk document of {len(sentences)} sentences")
+        read = time.perf_counter()
+
+        document, chunk, file, embedded = document_and_chunk(
+            doc_index, sentences, old.title, 0, prefixes, seed
         )
-        documents[doc_index] = document
-        chunks[position] = chunk
-        files = [file if f.doc_ids == (old.doc_id,) else f for f in files]
-        rng = np.random.default_rng([seed, 5])
-        dimension = previous.manifest.model.dimension
-        vectors[position] = random_unit_vectors(rng, 1, dimension)[0]
-        first = sum(len(c.sentences) for c in chunks[:position])
-        sentence_vectors[first : first + len(sentences)] = random_unit_vectors(rng, len(sentences), dimension)
-        by_id = {d.doc_id: d for d in documents}
-        bm25_texts = [prefixes(by_id[c.doc_id].title) + by_id[c.doc_id].text[c.start : c.end] for c in chunks]
-        version_id = st.new_version_id()
-        manifest = replace(previous.manifest, created=now(), version=version_id)
-        data = st.VersionData(manifest, documents, chunks, files, vectors, sentence_vectors, bm25_texts)
+        own = np.ascontiguousarray(sentence_vectors, dtype=np.float32)
+        vector = normalised(own.mean(axis=0, keepdims=True, dtype=np.float32))
+        base = segment.version.manifest  # a segment's manifest (store format 2, as write_segment writes it)
+        manifest = replace(base, created=now(), counts=st.Counts(1, 1, len(sentences)), version="")
+        data = st.VersionData(manifest, [document], [chunk], [file], vector, own, [embedded])
+        deleted_rows = np.union1d(segment.deleted, np.array([row], dtype=np.int64)).astype(np.int64)
+        deleted_chunks = len(sg.deleted_chunks(segment.version.chunks.document_rows, deleted_rows))
         prepared = time.perf_counter()
 
-        path = st.write_version(store, version_id, data)
-        written = time.perf_counter()
-        st.publish(store, version_id)
+        entry = sg.write_segment(store, data)
+        segment_written = time.perf_counter()
+        tombstoned = sg.write_deletions(store, segment.entry, deleted_rows, deleted_chunks)
+        deletions_written = time.perf_counter()
+        entries = [tombstoned if n == position else s.entry for n, s in enumerate(live.segments)]
+        entries = [e for e in entries if e.live_documents > 0] + [entry]
+        commit = sg.new_commit(live.commit, replace(live.manifest, created=now()), entries)
+        sg.publish_commit(store, commit)
         published = time.perf_counter()
-        st.remove_old_versions(store, keep={version_id, previous.version_id})
+        removed = sg.collect_garbage(store, [commit, live.commit])
+        collected = time.perf_counter()
+    assert tombstoned.deletions is not None
+    written = (
+        tree_bytes(commit.folder(store, entry))
+        + tree_bytes(store / sg.TOMBSTONES / tombstoned.deletions.file)
+        + tree_bytes(sg.commit_path(store, commit.version))
+    )
     return Update(
         doc_id=document.doc_id,
         text=document.text,
-        version_id=version_id,
+        version_id=commit.version,
         began=began,
         published=published,
         steps_s={
-            "read_live_version_s": round(read - began, 2),
-            "prepare_s": round(prepared - read, 2),
-            "write_version_s": round(written - prepared, 2),
-            "publish_s": round(published - written, 3),
+            "read_live_store_s": round(read - began, 3),
+            "prepare_s": round(prepared - read, 3),
+            "write_segment_s": round(segment_written - prepared, 3),
+            "write_deletions_s": round(deletions_written - segment_written, 3),
+            "commit_and_publish_s": round(published - deletions_written, 3),
+            "collect_garbage_after_publish_s": round(collected - published, 3),
         },
-        written_mb=mib(tree_bytes(path)),
+        written_mb=round(written / 2**20, 3),
+        written={
+            "segment_kb": round(tree_bytes(commit.folder(store, entry)) / 1024, 1),
+            "tombstone_bytes": tree_bytes(store / sg.TOMBSTONES / tombstoned.deletions.file),
+            "commit_bytes": tree_bytes(sg.commit_path(store, commit.version)),
+            "segments_in_commit": len(commit.segments),
+            "garbage_removed": removed,
+        },
     )
 
 
@@ -686,54 +829,88 @@ def wait_served(server: RunningProcess, client: httpx.Client, version_id: str) -
 
 @contextmanager
 def restored(store: Path, version_id: str) -> Iterator[None]:
-    """On the way out, however the run ends: the store back at its built version."""
+    """On the way out, however the run ends: the store back at its built commit, nothing else in it."""
     try:
         yield
     finally:
-        if st.current_version_id(store) != version_id or len(list(st.versions_dir(store).iterdir())) > 1:
-            removed = restore(store, version_id)
+        was_live = st.current_version_id(store)
+        removed = restore(store, version_id)
+        if was_live != version_id or removed:
             log(
-                f"restored {store} to its built version {version_id}"
+                f"restored {store} to its built commit {version_id}"
                 f" (removed {', '.join(removed) or 'nothing'})"
             )
 
 
-def load_profile(store: Path, version_id: str, model_name: str) -> dict[str, Any]:
-    """Where opening a version as the service does goes, step by step, in this process: seconds and
-    the RSS each step adds (MiB; the allocator may keep or return memory, so the figures are rough)."""
-    from indexer.reader import LocalStoreReader
+def load_profile(store: Path, version_id: str, model_name: str, updated: str | None) -> dict[str, Any]:
+    """Where opening the built commit as the service does goes, in this process: seconds and the RSS
+    each step adds (MiB; the allocator may keep or return memory, so the figures are rough). First the
+    steps of `indexer.reader.Segment.open` one by one, for each segment of the commit (then released);
+    then what a start does, `LocalStoreReader.open` reusing nothing and `LoadedIndex` (`total`); then,
+    when the update's commit `updated` is still on disk, the hot reload to it
+    (`LocalStoreReader.open(..., previous=reader)`: only its new segment opened)."""
+    from indexer.reader import LocalStoreReader, Segment
     from service.index import LoadedIndex
 
     gc.collect()
-    steps: dict[str, dict[str, float | None]] = {}
+    steps: dict[str, dict[str, float]] = {}
     last = [time.perf_counter(), memory_mib(os.getpid())["rss"] or 0.0]
 
-    def step(name: str) -> None:
+    def step(name: str) -> dict[str, float]:
         rss = memory_mib(os.getpid())["rss"] or 0.0
         moment = time.perf_counter()
-        steps[name] = {"s": round(moment - last[0], 2), "rss_added_mb": round(rss - last[1], 1)}
+        figures = steps.setdefault(name, {"s": 0.0, "rss_added_mb": 0.0})  # summed over segments
+        figures["s"] = round(figures["s"] + moment - last[0], 2)
+        figures["rss_added_mb"] = round(figures["rss_added_mb"] + rss - last[1], 1)
         last[:] = [moment, rss]
+        return figures
 
-    log("load profile: opening the built version as the service does, step by step ...")
-    version = st.open_version(store, model_name=model_name, version_id=version_id)
-    step("open_version: manifest and records (columns; texts read on demand)")
-    bm25, tokenizer = version.load_bm25()
-    step("load_bm25")
-    faiss_index = version.load_faiss()
-    step("load_faiss (IndexFlatIP)")
-    sentence_vectors = version.load_sentence_vectors()
-    step("load_sentence_vectors (sentences.npy)")
-    reader = LocalStoreReader(version, faiss_index, bm25, tokenizer, sentence_vectors)
-    step("LocalStoreReader: checks; chunk vectors a view of the FAISS index")
-    loaded = LoadedIndex(reader)
-    step("LoadedIndex: idf from the stored word counts (counted at load for older versions)")
-    total = {
-        "s": round(sum(v["s"] or 0.0 for v in steps.values()), 2),
-        "rss_added_mb": round(sum(v["rss_added_mb"] or 0.0 for v in steps.values()), 1),
-    }
-    del loaded, reader, sentence_vectors, faiss_index, bm25, tokenizer, version
+    commit = sg.read_commit(store, version_id)
+    log(f"load profile: opening the built commit ({len(commit.segments)} segment(s)) as the service does ...")
+    for entry in commit.segments:
+        folder = commit.folder(store, entry)
+        sg.verify_folder(folder, entry.files, f"segment {entry.name} of {store}")
+        step("Segment.open: verify every file's size and CRC-32 (sg.verify_folder)")
+        version = st.open_folder(store, folder, entry.name)
+        step("Segment.open: open_folder (manifest and records as columns; texts read on demand)")
+        faiss_index = version.load_faiss()
+        step(f"Segment.open: load_faiss ({version.manifest.index.dense})")
+        lexical = version.load_bm25()
+        step("Segment.open: load_bm25 (indexer.lexical.LexicalSegment)")
+        sentence_vectors = version.load_sentence_vectors()
+        step("Segment.open: load_sentence_vectors (sentences.npy, mapped)")
+        segment = Segment(version, faiss_index, lexical, sentence_vectors)
+        step("Segment: checks against the records, word counts, chunk vectors a view of the index")
+        del segment, sentence_vectors, lexical, faiss_index, version
     gc.collect()
-    return {"steps": steps, "total": total}
+    last[:] = [time.perf_counter(), memory_mib(os.getpid())["rss"] or 0.0]  # the segments above released
+
+    reader = LocalStoreReader.open(store, model_name, version_id)
+    opened = step("LocalStoreReader.open: the commit, reusing nothing (every segment opened and checked)")
+    loaded = LoadedIndex(reader)
+    indexed = step("LoadedIndex: idf from the stored word counts")
+    total = {
+        "s": round(opened["s"] + indexed["s"], 2),
+        "rss_added_mb": round(opened["rss_added_mb"] + indexed["rss_added_mb"], 1),
+    }
+    reload: dict[str, Any] | None = None
+    if updated is not None and sg.commit_path(store, updated).is_file():
+        newer = LocalStoreReader.open(store, model_name, updated, previous=reader)
+        figures = step("reload: LocalStoreReader.open(the update's commit, previous=reader)")
+        shared = sorted(set(newer.segment_names) & set(reader.segment_names))
+        reloaded = LoadedIndex(newer)
+        step("reload: LoadedIndex (idf: summed word counts less the deleted chunk's)")
+        reload = {
+            "commit": updated,
+            "segments": len(newer.segment_names),
+            "shared_with_previous": len(shared),
+            "opened": len(newer.segment_names) - len(shared),
+            **figures,
+        }
+        del reloaded, newer
+    del loaded, reader
+    gc.collect()
+    return {"steps": steps, "total": total, "reload": reload}
 
 
 def run(args: argparse.Namespace, store: Path, command: str) -> dict[str, Any]:
@@ -754,19 +931,25 @@ def run(args: argparse.Namespace, store: Path, command: str) -> dict[str, Any]:
         ChunkerSettings(max_tokens=min(settings.chunk_tokens, embedder.info.max_seq_length)),
     )
     prefixes = Prefixes(chunker)
+    corpus_sha = corpus_sha256(args.corpus)
     identity = {
         "benchmark": "bench.scale",
         "generator": GENERATOR,
         "chunks": n,
         "seed": args.seed,
         "corpus": str(args.corpus),
-        "corpus_sha256": corpus_sha256(args.corpus),
+        "corpus_sha256": corpus_sha,
         "model": settings.model,
     }
-    version_id, build, reused = ensure_store(store, identity, texts, embedder, prefixes)
+    vectors = functools.cache(lambda: pool_vectors(pool, embedder, corpus_sha))
+    version_id, build, reused = ensure_store(store, identity, texts, embedder, prefixes, vectors)
     disk = disk_usage(store, version_id)
+    built = sg.read_commit(store, version_id)
+    dense_index = sorted(
+        {st.read_manifest(built.folder(store, entry)).index.dense for entry in built.segments}
+    )
 
-    log(f"encoding the {q} search questions here and searching exactly over the version's vectors ...")
+    log(f"encoding the {q} search questions here and searching exactly over the commit's vectors ...")
     exact = exact_top(store, version_id, question_vectors(embedder, search_questions), RECALL_K)
     k = min(RECALL_K, n)
     recalls: list[float] = []
@@ -829,7 +1012,8 @@ def run(args: argparse.Namespace, store: Path, command: str) -> dict[str, Any]:
             log(f"updating one document ({doc_id_of(doc_index)}) and waiting until the service serves it ...")
             sampler = RssSampler(server.pid).start()
             rss_before_update = sampler.samples[0][1] if sampler.samples else None
-            update = update_one_document(store, doc_index, texts.update, prefixes, args.seed)
+            update_vectors = vectors()[[s.index for s in texts.update]]
+            update = update_one_document(store, doc_index, texts.update, update_vectors, prefixes, args.seed)
             served = wait_served(server, client, update.version_id)
             sampler.stop()
             peak_at, peak = sampler.peak()
@@ -845,7 +1029,9 @@ def run(args: argparse.Namespace, store: Path, command: str) -> dict[str, Any]:
                 f"served {served - update.began:.2f} s after the update began,"
                 f" {served - update.published:.2f} s after publish"
             )
-        restore(store, version_id)  # the built version again: the one the exact top-10 was computed over
+        # the built commit live again (the one the exact top-10 was computed over); the update's kept on
+        # disk for the load profile's reload, removed on the way out
+        restore(store, version_id, also_keep=[update.version_id])
 
         log(f"starting the service again, its fusion keeping the dense order ({RECALL_ENV}), for recall ...")
         with (
@@ -862,7 +1048,7 @@ def run(args: argparse.Namespace, store: Path, command: str) -> dict[str, Any]:
                 lambda question: {"query": question, "top_k": SEARCH_TOP_K},
                 check_recall,
             )
-        profile = load_profile(store, version_id, settings.model)
+        profile = load_profile(store, version_id, settings.model, update.version_id)
     reading = machine()
 
     search_summary, ask_summary = search.summary(), ask.summary()
@@ -885,7 +1071,10 @@ def run(args: argparse.Namespace, store: Path, command: str) -> dict[str, Any]:
         "reload_s": round(served - update.published, 2),
         "rss_during_reload_mb": peak,
         # the rest
+        "segments": len(built.segments),
+        "dense_index": dense_index[0] if len(dense_index) == 1 else dense_index,
         "ask_p95_ms": ask_summary["latency_ms"]["p95"],
+        "generator": GENERATOR,
         "vectors": VECTORS_NOTE,
         "units": "*_mb: MiB (2**20 bytes); *_s: seconds; *_ms: milliseconds",
         "documents": n,
@@ -938,6 +1127,7 @@ def run(args: argparse.Namespace, store: Path, command: str) -> dict[str, Any]:
             **update.steps_s,
             "publish_to_served_s": round(served - update.published, 2),
             "written_mb": update.written_mb,
+            "written": update.written,
             "server_rss_mb": {
                 "before": rss_before_update,
                 "peak": peak,
@@ -970,9 +1160,19 @@ def merge(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
             rows = old["rows"]
     except (OSError, ValueError):
         pass
+    other = sorted(
+        (key for key, old_row in rows.items() if old_row.get("generator") != row["generator"]), key=int
+    )
+    if other:  # another recipe's figures (random vectors, format-2 versions) do not compare with these
+        log(f"scale.json: dropping the rows of N = {', '.join(other)}, not made by recipe {GENERATOR}")
+        rows = {key: value for key, value in rows.items() if key not in other}
     rows[str(row["chunks"])] = row
     ordered = {key: rows[key] for key in sorted(rows, key=int)}
     return {"benchmark": "bench.scale", "description": (__doc__ or "").split("\n\n")[0], "rows": ordered}
+
+
+def _kib(mb: float | None) -> float | None:
+    return None if mb is None else round(mb * 1024, 1)
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -989,9 +1189,10 @@ def markdown(result: dict[str, Any]) -> str:
     growth = len(rows) >= 2
     header = "| measure | " + " | ".join(names) + (f" | × ({names[-1]} / {names[0]}) |" if growth else " |")
     lines = [
-        "Synthetic stores of one-chunk documents (five real sentences each, random unit vectors: recall"
-        " measures the index, not the model), written through indexer.store and served by the real service;"
-        " questions are held-out corpus sentences over HTTP, one at a time. MB are MiB.",
+        "Synthetic stores of one-chunk documents (five real sentences each; each sentence's vector the"
+        " model's, the chunk's the normalised mean of its five: recall measures the dense index, not the"
+        " model), one segment written through indexer.segments and served by the real service; questions"
+        " are held-out corpus sentences over HTTP, one at a time. MB are MiB.",
         "",
         header,
         "|---|" + "---:|" * (len(rows) + (1 if growth else 0)),
@@ -1010,19 +1211,29 @@ def markdown(result: dict[str, Any]) -> str:
             cells.append(ratio)
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     extra: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+        ("segments in the built commit", lambda r: r.get("segments")),
+        ("dense index of the segment", lambda r: str(r.get("dense_index"))),
         ("ask_p95_ms", lambda r: r.get("ask_p95_ms")),
         ("search retrieve stage, mean ms", lambda r: r["search"]["server_metrics_mean_ms"].get("retrieve")),
         ("search encode stage, mean ms", lambda r: r["search"]["server_metrics_mean_ms"].get("encode")),
-        ("version on disk, MB", lambda r: r["disk"]["version_mb"]),
-        ("update: read the live version, s", lambda r: r["update"].get("read_live_version_s")),
-        ("update: write_version, s", lambda r: r["update"].get("write_version_s")),
-        ("update: written, MB", lambda r: r["update"].get("written_mb")),
+        ("the commit's segments on disk, MB", lambda r: r["disk"].get("segments_mb")),
+        (
+            "update: open the live store and find the document, s",
+            lambda r: r["update"].get("read_live_store_s"),
+        ),
+        ("update: write the one-document segment, s", lambda r: r["update"].get("write_segment_s")),
+        ("update: write the tombstone, s", lambda r: r["update"].get("write_deletions_s")),
+        ("update: written (segment, tombstone, commit), KiB", lambda r: _kib(r["update"].get("written_mb"))),
         ("server RSS at ready, MB", lambda r: r["server"]["memory_mb_at_ready"]["rss"]),
         (
             "server RSS 3 s after the reload, MB",
             lambda r: r["update"]["server_rss_mb"].get("3_s_after_served"),
         ),
-        ("open the version in process (load profile), s", lambda r: r["load_profile"]["total"]["s"]),
+        ("open the commit in process (load profile), s", lambda r: r["load_profile"]["total"]["s"]),
+        (
+            "hot reload to the update's commit in process, s",
+            lambda r: (r["load_profile"].get("reload") or {}).get("s"),
+        ),
         ("store reused (build_s from the run that built it)", lambda r: "yes" if r["store_reused"] else "no"),
     ]
     for name, read in extra:
@@ -1035,7 +1246,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Where opening a version goes (in the bench process, as the service opens it): seconds / MiB added",
+        "Where opening the commit goes (in the bench process, as the service opens it): seconds / MiB added",
         "",
     ]
     steps = list(rows[-1]["load_profile"]["steps"])

@@ -54,7 +54,7 @@ log = logging.getLogger("ragqa.indexer")
 
 FORMAT = 3
 COMMITS, SEGMENTS, TOMBSTONES = "commits", "segments", "tombstones"
-BLOCK = 16 << 20  # bytes read at a time when summing a file
+BLOCK = 4 << 20  # bytes read at a time when summing a file (into one buffer a file)
 MERGE_FACTOR = 8  # segments of one size class merged into one once there are this many
 MAX_DELETED_SHARE = 0.5  # a segment with a larger share of deleted documents is rewritten
 
@@ -160,10 +160,12 @@ def _segment_entry(value: dict[str, Any]) -> SegmentEntry:
 
 def file_sum(path: Path) -> FileSum:
     crc, size = 0, 0
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
-        while block := fh.read(BLOCK):
-            crc = zlib.crc32(block, crc)  # zlib releases the GIL: files are summed in parallel
-            size += len(block)
+        while read := fh.readinto(buffer):
+            crc = zlib.crc32(view[:read], crc)  # zlib releases the GIL: files are summed in parallel
+            size += read
     return FileSum(size, crc)
 
 

@@ -56,7 +56,7 @@ import threading
 import types
 import typing
 import weakref
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence, ValuesView
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
@@ -67,7 +67,7 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
-from indexer.text import WORDS_SPEC, WordFrequencies, word_frequencies, words
+from indexer.text import WORDS_SPEC, WordFrequencies, word_frequencies
 
 FORMAT_VERSION = 2
 Span = tuple[int, int]
@@ -321,14 +321,7 @@ def writer_lock(store: Path, wait_seconds: float) -> Iterator[None]:
 def write_version(store: Path, version_id: str, data: VersionData) -> Path:
     """Write a complete format-2 version (versions/<id>/) next to the live one and flush it; not yet
     published. (The indexer writes segments, indexer.segments; a version is one segment's files.)"""
-    _check_consistent(data)
-    return write_folder(versions_dir(store) / version_id, data, count_words(store, _chunk_texts_of(data)))
-
-
-def _chunk_texts_of(data: VersionData) -> Iterator[str]:
-    texts = {d.doc_id: d.text for d in data.documents}
-    for chunk in data.chunks:
-        yield texts[chunk.doc_id][chunk.start : chunk.end]
+    return write_folder(versions_dir(store) / version_id, data)
 
 
 def write_folder(
@@ -1230,45 +1223,6 @@ def _open_file(path: Path) -> _Text:
     """A file's bytes, read when sliced (an empty file as b"")."""
     texts = FileBytes(path)
     return texts if len(texts) else b""
-
-
-def count_words(store: Path, texts: Iterable[str]) -> WordFrequencies:
-    """The answer step's word counts over a new version's chunk texts. Counted afresh; or, when the live
-    version of `store` holds its counts, those counts changed by the texts that only one of the two
-    versions holds (an update of one document counts that document's words, not the corpus's): the
-    same counts either way, as only whole texts are added and removed."""
-    new = Counter(texts)
-    live = _live_texts_and_counts(store)
-    if live is not None:
-        old, counts = live
-        removed, added = old - new, new - old
-        if sum(removed.values()) + sum(added.values()) < sum(new.values()):
-            df = Counter(counts.counts)
-            for changed, sign in ((removed, -1), (added, 1)):
-                for text, times in changed.items():
-                    for word in words(text):
-                        df[word] += sign * times
-            if min(df.values(), default=0) >= 0:  # else the live counts do not match its texts
-                return WordFrequencies(sum(new.values()), {w: n for w, n in df.items() if n > 0})
-    return word_frequencies(new.elements())
-
-
-def _live_texts_and_counts(store: Path) -> tuple[Counter[str], WordFrequencies] | None:
-    """The live version's chunk texts and its stored word counts, when it has both at hand."""
-    version_id = current_version_id(store)
-    if version_id is None:
-        return None
-    path = versions_dir(store) / version_id
-    if not (path / RECORDS).is_dir() or not (path / IDF_FILE).is_file():
-        return None
-    try:
-        live = open_version(store, version_id=version_id)
-        counts = live.load_word_frequencies()
-        if counts is None:
-            return None
-        return Counter(live.chunks.text(i) for i in range(len(live.chunks))), counts
-    except (StoreError, OSError, ValueError):
-        return None  # counted afresh
 
 
 def _write_word_frequencies(path: Path, counted: WordFrequencies) -> None:

@@ -111,7 +111,11 @@ def test_sigkill_while_writing_the_version_leaves_the_previous_one_live(tmp_path
     store = tmp_path / "store"
     corpus = write_corpus(tmp_path / "corpus", documents=30, paragraphs=2)
     live = run_index([corpus], IndexSettings(store=store)).version
-    (corpus / "doc-0000.md").unlink()  # a change that needs no embedding: the run goes straight to writing
+    # one document changed and one removed: a few chunks to embed, then the run writes its segment, its
+    # tombstone and its commit
+    edited = corpus / "doc-0001.md"
+    edited.write_text(edited.read_text(encoding="utf-8") + "\nA new closing sentence.\n", encoding="utf-8")
+    (corpus / "doc-0000.md").unlink()
 
     process = start_indexer(corpus, "--store", store)
     wait_for_event(process, "index.embed")
