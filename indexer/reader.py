@@ -10,6 +10,7 @@ are float32 rows of `manifest.model.dimension` values, L2-normalised, so an inne
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -252,6 +253,7 @@ class LocalStoreReader:
         self._commit = commit
         self._placed = placed
         self._bases = np.array([p.base for p in placed], np.int64)
+        self._base_list = [p.base for p in placed]
         self._limit = placed[-1].base + len(placed[-1].segment) if placed else 0
         manifest = commit.manifest
         self._dimension = manifest.model.dimension
@@ -363,7 +365,7 @@ class LocalStoreReader:
     def _locate(self, chunk_id: int) -> tuple[_Placed, int]:
         """The chunk's segment and its row there; IndexError for no live chunk with that id."""
         if 0 <= chunk_id < self._limit:
-            placed = self._placed[int(np.searchsorted(self._bases, chunk_id, side="right")) - 1]
+            placed = self._placed[bisect.bisect_right(self._base_list, chunk_id) - 1]
             local = chunk_id - placed.base
             mask = placed.deleted_mask
             if mask is None or not mask[local]:

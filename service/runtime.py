@@ -7,6 +7,7 @@ by hand (any encoder that has `encode` and `submit`) to serve without loading a 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from indexer.embedding import load_embedder
@@ -37,18 +38,23 @@ class Runtime:
         # take CPU from the model's threads.
         faiss.omp_set_num_threads(1)
         holder = IndexHolder(settings.store, settings.model, settings.reload_interval)
+        # The store's live version opens (files checked, indexes read) while the model loads: both
+        # take seconds, much of them outside the GIL (reading, checksums; torch's own work).
+        opening = threading.Thread(target=holder.refresh, name="ragqa-open-index", daemon=True)
+        opening.start()
         embedder = load_embedder(settings.model, settings.batch_size)
         encoder = BatchingEncoder(embedder, settings.max_batch)
         # The model's first call costs seconds: make it before /readyz says ready, on the encoder's
         # own thread (the only thread that runs the model in the service).
         encoder.submit("warm up the model before the first question").result()
         reranker = load_reranker(settings.reranker) if settings.reranker else None
+        opening.join()
         qa = QAService(settings, holder, encoder, Retriever(settings, reranker))
         return cls(settings, metrics, holder, encoder, qa, Jobs(settings))
 
     def start(self) -> None:
-        """Load the current index version and watch for newer ones; start the index job worker (it
-        needs the running event loop)."""
+        """Load the current index version (if `load` could not, or a newer one is live) and watch for
+        newer ones; start the index job worker (it needs the running event loop)."""
         self.holder.start()
         self.jobs.start()
 

@@ -140,7 +140,9 @@ def test_deleted_documents_are_gone_from_every_read(three: Path) -> None:
     assert reader.chunk_count == before.chunk_count - len(gone_chunks)
     assert {d.doc_id for d in reader.documents()} == {d.doc_id for d in before.documents()} - gone
     assert [d.doc_id for d in reader.documents(5, 7)] == ["b1", "b2"]  # positions skip the deleted
+    assert reader.chunks_of("a3") == before.chunks_of("a3") == 1
     for doc_id in gone:
+        assert reader.chunks_of(doc_id) == 0 and before.chunks_of(doc_id) == 1
         assert reader.find_document(doc_id) is None
         with pytest.raises(KeyError):
             reader.document(doc_id)
