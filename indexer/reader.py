@@ -300,7 +300,11 @@ class LocalStoreReader:
                 raise st.version_damaged(
                     store, commit.version, f"the deletions of segment {entry.name} do not match its chunks"
                 )
-            live_rows = None if not len(rows) else np.setdiff1d(np.arange(entry.documents), rows)
+            live_rows = None
+            if len(rows):
+                live = np.ones(entry.documents, bool)
+                live[rows] = False
+                live_rows = np.flatnonzero(live)
             placed.append(_Placed(segment, base, rows, chunks, live_rows))
             base += len(segment)
         return cls(commit, placed)

@@ -40,7 +40,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -361,7 +361,6 @@ class LiveStore:
     store: Path
     commit: Commit
     segments: list[LiveSegment]
-    _where: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, store: Path) -> LiveStore:
@@ -379,17 +378,17 @@ class LiveStore:
 
     def find(self, doc_id: str) -> tuple[int, int] | None:
         """(segment index, document row) of the live document with this id, or None."""
-        if not self._where:
-            for n, segment in enumerate(self.segments):
-                live = segment.live
-                for row, found in enumerate(segment.version.documents.ids):
-                    if live[row]:
-                        self._where[found] = (n, row)
-        return self._where.get(doc_id)
+        for n in range(len(self.segments) - 1, -1, -1):  # a document lives once; the newest first
+            segment = self.segments[n]
+            row = segment.version.documents.row(doc_id)
+            if row is not None and segment.live[row]:
+                return n, row
+        return None
 
     def document_ids(self) -> Iterator[str]:
-        self.find("")
-        return iter(self._where)
+        for segment in self.segments:
+            ids, live = segment.version.documents.ids, segment.live
+            yield from (doc_id for row, doc_id in enumerate(ids) if live[row])
 
     def sha256(self, doc_id: str) -> str | None:
         at = self.find(doc_id)
@@ -502,7 +501,7 @@ def merged_data(
         if stored_counts is not None:
             for word, n in stored_counts.counts.items():
                 counts[word] = counts.get(word, 0) + n
-            dropped = np.setdiff1d(np.arange(len(table)), keep)
+            dropped = np.flatnonzero(~segment.live[table.document_rows])
             for local in dropped.tolist():
                 for word in words(table.text(local)):
                     counts[word] -= 1

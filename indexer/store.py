@@ -776,15 +776,18 @@ class DocumentTable(Mapping[str, DocumentRecord]):
         self.chars = chars  # int64: each text's length in characters
         self.texts = texts
         self._titles, self._sources, self._metadata, self._sha256 = titles, sources, metadata, sha256
-        self._rows: dict[str, int] = {}
-        for row, doc_id in enumerate(ids):
-            self._rows.setdefault(doc_id, row)
+        # ids are distinct (a reader refuses a version where they are not: `distinct_ids`)
+        self._rows: dict[str, int] = dict(zip(ids, range(len(ids)), strict=True))
         self._recent: OrderedDict[int, DocumentRecord] = OrderedDict()
         self._lock = threading.Lock()
 
     def row(self, doc_id: str) -> int | None:
         """The document's row (its position in the order written), or None."""
         return self._rows.get(doc_id)
+
+    @property
+    def distinct_ids(self) -> bool:
+        return len(self._rows) == len(self.ids)
 
     def text(self, row: int) -> str:
         return self.texts[int(self.offsets[row]) : int(self.offsets[row + 1])].decode("utf-8")
@@ -1174,8 +1177,6 @@ def _map_records(store: Path, version_id: str, folder: Path) -> tuple[DocumentTa
     ]
     if wrong:
         raise damaged(f" holds {n_documents} documents and {n_chunks} chunks, but {', '.join(wrong)}")
-    if len(set(ids)) != n_documents:
-        raise damaged("strings.json holds a document id twice")
     offsets, chunk_sentences = arrays["document_offsets"], arrays["chunk_sentences"]
     if offsets[0] != 0 or np.any(offsets[1:] < offsets[:-1]) or int(offsets[-1]) != len(texts):
         raise damaged(f"document_offsets.npy does not cut texts.bin ({len(texts)} bytes) into the texts")
@@ -1204,6 +1205,8 @@ def _map_records(store: Path, version_id: str, folder: Path) -> tuple[DocumentTa
         if isinstance(strings.get("prefix"), list) and len(strings["prefix"]) == n_documents
         else None,
     )
+    if not documents.distinct_ids:
+        raise damaged("strings.json holds a document id twice")
     chunks = ChunkTable(
         documents, rows, arrays["chunk_spans"], byte_spans, chunk_sentences, arrays["sentence_spans"], hashes
     )
