@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,14 +78,6 @@ def _idf_function(method: str) -> Callable[[int, int], float]:
 def _float32_idf(idf: Callable[[int, int], float], df: int, n: int) -> np.float32:
     """The idf as bm25s stores it (float32; 0 for a term no document holds)."""
     return np.float32(idf(df, n)) if df > 0 else np.float32(0.0)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LexicalSegment:
@@ -157,9 +148,11 @@ class LexicalSegment:
         stats = {"documents": len(tokens), "total_length": total, "average_length": float(used)}
         with open(folder / STATS_FILE, "w", encoding="utf-8") as fh:
             json.dump(stats, fh)
+        from indexer.store import fsync_file
+
         for path in folder.iterdir():
-            _fsync(path)
-        _fsync(folder)
+            fsync_file(path)
+        fsync_file(folder)
 
     @classmethod
     def load(cls, folder: Path, spec: LexicalTokenizerSpec) -> LexicalSegment:

@@ -243,7 +243,7 @@ def _write_json_durably(path: Path, value: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    st._fsync_dir(path.parent)
+    st.fsync_dir(path.parent)
 
 
 def publish_commit(store: Path, commit: Commit) -> None:
@@ -302,7 +302,7 @@ def write_deletions(store: Path, entry: SegmentEntry, rows: np.ndarray, chunks: 
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, folder / name)
-    st._fsync_dir(folder)
+    st.fsync_dir(folder)
     return replace(entry, deletions=Deletions(name, len(rows), chunks, file_sum(folder / name)))
 
 
@@ -603,9 +603,9 @@ def migrate(store: Path) -> Commit | None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, copy_function=_link_or_copy)
     for path in [p for p in tmp.rglob("*") if p.is_file()]:
-        st._fsync_file(path)
+        st.fsync_file(path)
     os.replace(tmp, store / SEGMENTS / name)
-    st._fsync_dir(store / SEGMENTS)
+    st.fsync_dir(store / SEGMENTS)
     counts = manifest.counts
     entry = SegmentEntry(
         name, counts.documents, counts.chunks, counts.sentences, sum_folder(store / SEGMENTS / name)

@@ -365,9 +365,9 @@ def write_folder(
     LexicalSegment.write(tmp / "bm25", data.bm25_texts, spec, average_length)
     manifest = replace(data.manifest, index=replace(data.manifest.index, dense=described))
     write_manifest(tmp, manifest)  # last: a version without one is incomplete
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 
@@ -375,7 +375,7 @@ def faiss_write(index: Any, path: Path) -> None:
     import faiss
 
     faiss.write_index(index, str(path))
-    _fsync_file(path)
+    fsync_file(path)
 
 
 def _prefixes(data: VersionData) -> list[str] | None:
@@ -431,7 +431,7 @@ def publish(store: Path, version_id: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, store / "CURRENT")
-    _fsync_dir(store)
+    fsync_dir(store)
 
 
 def remove_old_versions(store: Path, keep: Iterable[str]) -> list[str]:
@@ -480,7 +480,7 @@ def _write_json(path: Path, value: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -488,8 +488,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)
+def fsync_dir(path: Path) -> None:
+    fsync_file(path)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -1087,7 +1087,7 @@ class _Columns:
                 np.save(fh, array)
                 fh.flush()
                 os.fsync(fh.fileno())
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def _ascii_column(values: Sequence[str]) -> np.ndarray | None:
