@@ -1,27 +1,32 @@
-"""The store's on-disk format, written by the indexer. The service reads it only through the
-`StoreReader` interface of indexer.reader, whose local implementation loads the files below.
+"""A segment's files (and a format-2 version's: the same files), written by the indexer; the store
+around them (commits, tombstones, publishing, merges) is indexer.segments. The service reads them only
+through the `StoreReader` interface of indexer.reader.
 
-    <store>/CURRENT              the live version's id; replaced atomically to publish
-    <store>/versions/<id>/       one complete, immutable index:
+    <store>/segments/<name>/     one complete, immutable index of some documents (a store written
+                                 before segments: <store>/versions/<id>/, CURRENT naming it):
         manifest.json            format, model, chunker settings, the lexical tokenizer's settings,
                                  counts, created time (the `Manifest` dataclass)
         documents.jsonl          {"doc_id", "title", "source", "text", "metadata", "sha256"} a line
         chunks.jsonl             {"chunk_id", "doc_id", "start", "end", "sentences", "hash"} a line;
                                  chunk_id is the row in index.faiss, sentences are [start, end] pairs
         files.json               the files each document came from, with size and mtime (for reuse)
-        index.faiss              inner-product index of the normalised chunk vectors
+        index.faiss              inner-product index of the normalised chunk vectors (indexer.dense:
+                                 exact below a size, HNSW above)
         sentences.npy            vectors of every chunk's sentences, in chunk order (the sentences of
                                  chunk i follow those of chunks 0..i-1); float16 (float32 in versions
                                  written before: the manifest's sentence_vectors_dtype says which),
                                  read a chunk's rows at a time by the reader
         bm25/                    bm25s index and its tokenizer's vocabulary, over the same texts,
-                                 tokenized as the manifest's index.lexical_tokenizer says
+                                 tokenized as the manifest's index.lexical_tokenizer says, and its
+                                 statistics (indexer.lexical)
         records/                 the records of documents.jsonl and chunks.jsonl again, as columns a
                                  reader maps (the .npy) or reads on demand (texts.bin) instead of
                                  parsing a line per record:
             texts.bin            every document's text, UTF-8, end to end in document order
             strings.json         {"doc_id", "title", "source", "metadata"}: one list each, in document
-                                 order (and "sha256", "chunk_hash" when they are not short ASCII)
+                                 order (and "sha256", "chunk_hash" when they are not short ASCII, and
+                                 "prefix": what BM25 indexed in front of each document's chunks,
+                                 which a merge indexes again)
             *.npy                int64 columns: document_offsets (D+1 byte offsets of the texts in
                                  texts.bin), document_chars (each text's length in characters),
                                  chunk_document (the row of the chunk's document), chunk_spans
@@ -36,8 +41,9 @@
                                       (model, sha256 of the embedded text and sentence spans)
     <store>/.lock                held by the one indexer that may write
 
-A version is written under versions/.tmp-<id>, flushed, renamed, and only then published by
-replacing CURRENT, so a crash at any moment leaves the previous version live and intact.
+A segment (or version) is written under .tmp-<name> beside its final folder, flushed and renamed
+(`write_folder`); only then is it published (indexer.segments.publish_commit), so a crash at any
+moment leaves the previous version live and intact.
 
 records/ and idf.json are derived from the other files: a format-2 version written before they were
 added opens without them (its records are read from the .jsonl files, its word counts are made by the
@@ -432,20 +438,6 @@ def publish(store: Path, version_id: str) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, store / "CURRENT")
     fsync_dir(store)
-
-
-def remove_old_versions(store: Path, keep: Iterable[str]) -> list[str]:
-    """Delete every version but `keep`, and any half-written one (the caller holds the lock)."""
-    keep = set(keep)
-    removed: list[str] = []
-    folder = versions_dir(store)
-    if not folder.exists():
-        return removed
-    for entry in folder.iterdir():
-        if entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry.name)
-    return removed
 
 
 def _chunk_row(chunk: ChunkRecord) -> dict[str, Any]:
