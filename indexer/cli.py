@@ -9,6 +9,7 @@ from pathlib import Path
 
 from indexer import logs
 from indexer.config import IndexSettings
+from indexer.distributed import RayUnavailableError
 from indexer.documents import PathNotFoundError
 from indexer.embedding import ModelLoadError
 from indexer.pipeline import IndexReport, NothingToIndexError, run_index
@@ -42,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON on the last line")
     parser.add_argument("--rebuild", action="store_true", help="ignore the previous version; embed afresh")
     parser.add_argument("--wait", type=float, help="seconds to wait for another indexer (default 30)")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="load, chunk and embed on Ray: a cluster's address, or none for a local Ray of this machine"
+        " (needs the extra ragqa[ray])",
+    )
     parser.add_argument("--log-level", default="WARNING", help="stderr log level (JSON lines)")
     args = parser.parse_args(argv)
 
@@ -53,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     settings = IndexSettings(**overrides)
     try:
-        report = run_index(list(args.paths), settings, rebuild=args.rebuild)
-    except (PathNotFoundError, NothingToIndexError, ModelMismatchError, ModelLoadError) as exc:
+        report = run_index(list(args.paths), settings, rebuild=args.rebuild, ray_address=args.ray)
+    except (
+        PathNotFoundError,
+        NothingToIndexError,
+        ModelMismatchError,
+        ModelLoadError,
+        RayUnavailableError,
+    ) as exc:
         print(f"ragqa-index: {exc}", file=sys.stderr)
         return EXIT_NOTHING
     except StoreBusyError as exc:

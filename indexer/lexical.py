@@ -141,6 +141,9 @@ class LexicalSegment:
             retriever.index(tokens, show_progress=False)
         else:
             _index_with_average_length(retriever, tokens, float(average_length))
+        # JSON object keys are strings: json writes the token ids as such, but orjson, which bm25s uses
+        # instead when it is installed (pymilvus brings it), refuses the ints
+        retriever.vocab_dict = {str(k): v for k, v in retriever.vocab_dict.items()}
         retriever.save(str(folder), show_progress=False)
         tokenizer.save_vocab(str(folder))
         tokenizer.save_stopwords(str(folder))

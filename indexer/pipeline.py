@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,8 +26,11 @@ from indexer import segments as sg
 from indexer import store as st
 from indexer.chunking import Chunker, ChunkerSettings
 from indexer.config import IndexSettings
-from indexer.documents import Document, LoadError, Skipped, SourceFile, discover, load
+from indexer.documents import Document, Loaded, LoadError, Skipped, SourceFile, discover, load
 from indexer.embedding import Embedder, ModelInfo, load_embedder
+
+if TYPE_CHECKING:
+    from indexer.distributed import RayWork
 
 log = logging.getLogger("ragqa.indexer")
 
@@ -75,7 +79,24 @@ def chunker_fingerprint(settings: IndexSettings, model_max_tokens: int) -> st.Ch
     )
 
 
-def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False) -> IndexReport:
+def run_index(
+    paths: list[Path], settings: IndexSettings, rebuild: bool = False, ray_address: str | None = None
+) -> IndexReport:
+    """One index run (see the module docstring); with `ray_address` (an address, or
+    indexer.distributed.LOCAL), loading, chunking and embedding are fanned out on Ray."""
+    if ray_address is None:
+        return _run_index(paths, settings, rebuild, None)
+    from indexer import distributed
+
+    with distributed.ray_session(ray_address) as ray:
+        return _run_index(
+            paths, settings, rebuild, distributed.RayWork(ray, settings.model, settings.batch_size)
+        )
+
+
+def _run_index(
+    paths: list[Path], settings: IndexSettings, rebuild: bool, work: RayWork | None
+) -> IndexReport:
     started = time.perf_counter()
     store = settings.store
     sources, skipped = discover(paths)
@@ -87,7 +108,7 @@ def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False)
                 live = sg.LiveStore.open(store)
                 st.check_model(store, live.manifest, settings.model)
 
-        plan = _plan_documents(sources, live, int(settings.max_file_mb * 1024 * 1024))
+        plan = _plan_documents(sources, live, int(settings.max_file_mb * 1024 * 1024), work)
         plan.skipped[:0] = skipped
         skipped_rows = [{"path": s.path, "reason": s.reason} for s in plan.skipped]
         for s in plan.skipped:
@@ -120,7 +141,7 @@ def run_index(paths: list[Path], settings: IndexSettings, rebuild: bool = False)
                 published=False,
             )
 
-        builder = _VersionBuilder(store, settings)
+        builder = _VersionBuilder(store, settings, work)
         entries = _deleted(store, live, removed) if live is not None else []
         manifest = live.manifest if live is not None else None
         if plan.documents:
@@ -197,34 +218,58 @@ def _merge(store: Path, commit: sg.Commit, builder: _VersionBuilder) -> sg.Commi
     return commit
 
 
-def _plan_documents(sources: list[SourceFile], live: sg.LiveStore | None, max_bytes: int) -> _Plan:
+def _plan_documents(
+    sources: list[SourceFile], live: sg.LiveStore | None, max_bytes: int, work: RayWork | None = None
+) -> _Plan:
     """Which documents the new commit holds: those of unchanged files (and unchanged documents of changed
     files) stay where they are (`kept`, by id, nothing read); new and changed ones are loaded
     (`documents`), and a changed one's live copy is deleted (`replaced`)."""
     plan = _Plan()
     known_files = live.files if live is not None else {}
     seen: dict[str, str] = {}
+    statted: list[tuple[SourceFile, os.stat_result | None, st.FileRecord | None]] = []
     for source in sources:
-        path, root = str(source.path.resolve()), str(source.root.resolve())
         try:
             stat = source.path.stat()
         except OSError:
-            plan.skipped.append(Skipped(str(source.path), "file vanished before it could be read"))
+            statted.append((source, None, None))
             continue
-        old = known_files.get((path, root))
-        kept: list[str] = []
-        if (
+        old = known_files.get((str(source.path.resolve()), str(source.root.resolve())))
+        if not (
             live is not None
             and old is not None
             and (old.size, old.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
             and all(live.find(doc_id) is not None for doc_id in old.doc_ids)
         ):
+            old = None  # to load
+        statted.append((source, stat, old))
+    to_load = [source for source, found, old in statted if found is not None and old is None]
+    if work is not None:
+        loaded_by_source = dict(zip(map(id, to_load), work.load(to_load, max_bytes), strict=True))
+
+        def loader(source: SourceFile) -> Loaded:
+            found = loaded_by_source[id(source)]
+            if isinstance(found, Exception):
+                raise found
+            return found
+    else:
+
+        def loader(source: SourceFile) -> Loaded:
+            return load(source, max_bytes)
+
+    for source, file_stat, old in statted:
+        path, root = str(source.path.resolve()), str(source.root.resolve())
+        if file_stat is None:
+            plan.skipped.append(Skipped(str(source.path), "file vanished before it could be read"))
+            continue
+        kept: list[str] = []
+        if old is not None:
             for doc_id in old.doc_ids:
                 if _first_seen(plan, seen, doc_id, source):
                     plan.kept.append(doc_id)
             continue  # its record stays in its segment
         try:
-            loaded = load(source, max_bytes)
+            loaded = loader(source)
         except LoadError as exc:
             plan.skipped.append(Skipped(str(source.path), str(exc)))
             continue
@@ -243,7 +288,7 @@ def _plan_documents(sources: list[SourceFile], live: sg.LiveStore | None, max_by
                 plan.documents.append(record)
                 if live_sha is not None:
                     plan.replaced.append(record.doc_id)
-        plan.files.append(st.FileRecord(path, root, stat.st_size, stat.st_mtime_ns, tuple(kept)))
+        plan.files.append(st.FileRecord(path, root, file_stat.st_size, file_stat.st_mtime_ns, tuple(kept)))
     return plan
 
 
@@ -272,8 +317,9 @@ class _VersionBuilder:
     """Chunks and embeds a plan's new and changed documents, taking vectors from the cache where it
     has them."""
 
-    def __init__(self, store: Path, settings: IndexSettings) -> None:
+    def __init__(self, store: Path, settings: IndexSettings, work: RayWork | None = None) -> None:
         self.settings = settings
+        self.work = work
         self.cache = st.EmbeddingCache(store)
         self._embedder: Embedder | None = None
         self.embedded = 0
@@ -306,8 +352,14 @@ class _VersionBuilder:
         chunker = self.chunker
         chunks: list[st.ChunkRecord] = []
         texts: list[str] = []
-        for document in plan.documents:
-            spans = [(c.start, c.end, c.sentences) for c in chunker.chunk(document.text, document.title)]
+        if self.work is not None:
+            cut = self.work.chunk([(d.title, d.text) for d in plan.documents], chunker.settings)
+        else:
+            cut = [
+                [(c.start, c.end, c.sentences) for c in chunker.chunk(d.text, d.title)]
+                for d in plan.documents
+            ]
+        for document, spans in zip(plan.documents, cut, strict=True):
             prefix = chunker.embed_prefix(document.title)
             for start, end, sentences in spans:
                 text = prefix + document.text[start:end]
@@ -354,7 +406,10 @@ class _VersionBuilder:
                     known.update(fresh)
                     bar.update(len(indices))
 
-                self.embedder.encode_in_slabs(todo, spans, save)
+                if self.work is not None:
+                    self.work.embed(todo, spans, save)
+                else:
+                    self.embedder.encode_in_slabs(todo, spans, save)
         self.embedded = sum(1 for c in chunks if c.hash in missing)
         if not chunks:
             return np.zeros((0, dimension), dtype=np.float32), np.zeros((0, dimension), dtype=np.float32)

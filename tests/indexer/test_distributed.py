@@ -1,0 +1,49 @@
+"""`ragqa-index --ray`: loading, chunking and embedding fanned out on a real local Ray (2 CPUs), giving
+the store the plain indexer gives; and without --ray nothing imports Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.config import IndexSettings
+from indexer.pipeline import run_index
+from indexer.reader import open_reader
+from tests.indexer.helpers import REPO, last_json, run_cli, write_corpus
+
+
+@pytest.mark.unit
+def test_without_ray_nothing_imports_it() -> None:
+    code = (
+        "import sys, indexer.cli, indexer.pipeline, service.app, service.cli; "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow  # a local Ray cluster and two model-loading processes
+def test_an_index_run_on_ray_writes_the_store_the_plain_run_writes(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", documents=10, paragraphs=3, seed=4)
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.7 not really")
+    plain = run_index([corpus], IndexSettings(store=tmp_path / "plain", lock_wait=0))
+
+    result = run_cli(corpus, "--store", tmp_path / "ray", "--json", "--ray")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = last_json(result.stdout)
+    assert report["documents"] == plain.documents and report["chunks"] == plain.chunks
+    assert report["embedded"] == report["chunks"]  # a fresh store: every chunk embedded, on Ray
+    assert [s["path"] for s in report["skipped"]] == [s["path"] for s in plain.skipped]
+
+    a, b = open_reader(tmp_path / "plain"), open_reader(tmp_path / "ray")
+    chunks = list(a.chunk_records())
+    assert list(b.chunk_records()) == chunks
+    ids = [c.chunk_id for c in chunks]
+    assert np.allclose(a.chunk_vectors(ids), b.chunk_vectors(ids), atol=1e-5)
+    for chunk_id in ids[:5]:
+        assert np.allclose(a.sentence_vectors_of(chunk_id), b.sentence_vectors_of(chunk_id), atol=1e-3)
+    assert [d.doc_id for d in a.documents()] == [d.doc_id for d in b.documents()]
