@@ -1,14 +1,18 @@
 """The Milvus backend of the store (indexer.milvus_store) against the local one: a synthetic version
-(random vectors, no model) published to an embedded milvus-lite file reads as the same version through
-`StoreReader` as the local store written from the same data; publishing another version switches the
+(random vectors, no model) published to milvus-lite, embedded in this process and as a `milvus-lite
+server` process reached over gRPC, reads as the same version through `StoreReader` as the local store
+written from the same data; publishing another version switches the
 alias, an open reader keeps its version until `drop_unaliased` drops it, and never what an alias
 names. Skipped when pymilvus/milvus-lite are not installed (the optional extra `milvus`)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +24,7 @@ from indexer import milvus_store as ms
 from indexer import store as st
 from indexer.filters import ChunkFilter
 from indexer.reader import StoreReader, open_reader
+from service.processes import free_port
 from tests.indexer.test_segments import PARTS, commit_of
 from tests.indexer.test_store_format import TEXTS, synthetic
 
@@ -65,12 +70,54 @@ class Pair:
     data: st.VersionData
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    root = tmp_path_factory.mktemp("milvus")
+@contextmanager
+def lite_server(data_dir: Path) -> Iterator[str]:
+    """`milvus-lite server` in a process of its own on 127.0.0.1 (a real gRPC server, as a Milvus
+    deployment is reached): its location."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir", str(data_dir)]
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"milvus-lite server did not listen on {port}") from None
+                time.sleep(0.1)
+        yield f"milvus://127.0.0.1:{port}/ragqa"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module", params=["embedded", "server"])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """The local store and the same version in milvus-lite: embedded in this process, or a
+    `milvus-lite server` process written to and read from over gRPC."""
+    with ExitStack() as stack:
+        root = tmp_path_factory.mktemp("milvus")
+        if request.param == "embedded":
+            uri = f"milvus-lite://{root / 'store.db'}"
+        else:
+            uri = stack.enter_context(lite_server(root / "server-data"))
+        yield from _pair(root, uri)
+
+
+def _pair(root: Path, uri: str) -> Iterator[Pair]:
     data = corpus()
     commit_of(root / "local", [data])
-    location = ms.parse_location(f"milvus-lite://{root / 'store.db'}")
+    location = ms.parse_location(uri)
     assert location is not None
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ms, "PART_BYTES", 40)  # every long text in several parts
