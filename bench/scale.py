@@ -513,7 +513,7 @@ def ensure_store(
         generated = time.perf_counter()
         entry = sg.write_segment(store, data)
         written = time.perf_counter()
-        commit = sg.new_commit(None, data.manifest, [entry])
+        commit = sg.new_commit(data.manifest, [entry])
         sg.publish_commit(store, commit)
         published = time.perf_counter()
     build = {
@@ -771,7 +771,7 @@ def update_one_document(
         deletions_written = time.perf_counter()
         entries = [tombstoned if n == position else s.entry for n, s in enumerate(live.segments)]
         entries = [e for e in entries if e.live_documents > 0] + [entry]
-        commit = sg.new_commit(live.commit, replace(live.manifest, created=now()), entries)
+        commit = sg.new_commit(replace(live.manifest, created=now()), entries)
         sg.publish_commit(store, commit)
         published = time.perf_counter()
         removed = sg.collect_garbage(store, [commit, live.commit])

@@ -179,7 +179,7 @@ def publish_version(location: MilvusLocation, data: st.VersionData, version_id: 
     version id Milvus cannot name. The caller is the one writer (as the local store's writer lock)."""
     if not _VERSION.match(version_id):
         raise ValueError(f"a version id of letters and digits only, not {version_id!r}")
-    _check_data(data)
+    st.check_consistent(data)  # what the local writer refuses, refused here too
     index = replace(data.manifest.index, dense=DENSE_INDEX, bm25=LEXICAL_INDEX)
     manifest = replace(data.manifest, version=version_id, index=index)
     client = location.client()
@@ -223,33 +223,6 @@ def _write_version(client: Any, names: dict[str, str], data: st.VersionData, man
         count = _count(client, name)
         if kind in expected and count != expected[kind]:
             raise st.StoreError(f"{name} holds {count} rows after writing, expected {expected[kind]}")
-
-
-def _check_data(data: st.VersionData) -> None:
-    """What the local writer checks (chunk ids 0..n-1, counts, shapes, spans), as a StoreError."""
-    sentences = sum(len(c.sentences) for c in data.chunks)
-    counts = st.Counts(len(data.documents), len(data.chunks), sentences)
-    if data.manifest.counts != counts:
-        raise st.StoreError(f"the manifest counts {data.manifest.counts}, the version holds {counts}")
-    if [c.chunk_id for c in data.chunks] != list(range(len(data.chunks))):
-        raise st.StoreError("chunk ids must be 0, 1, 2... in order")
-    dimension = data.manifest.model.dimension
-    if data.vectors.shape != (len(data.chunks), dimension):
-        raise st.StoreError(
-            f"{data.vectors.shape} chunk vectors for {len(data.chunks)} chunks of {dimension}"
-        )
-    if data.sentence_vectors.shape != (sentences, dimension):
-        raise st.StoreError(f"{data.sentence_vectors.shape} sentence vectors for {sentences} sentences")
-    lengths = {d.doc_id: len(d.text) for d in data.documents}
-    if len(lengths) != len(data.documents):
-        raise st.StoreError("two documents have the same id")
-    for chunk in data.chunks:
-        if chunk.doc_id not in lengths:
-            raise st.StoreError(f"chunk {chunk.chunk_id} belongs to an unknown document {chunk.doc_id!r}")
-        if not 0 <= chunk.start <= chunk.end <= lengths[chunk.doc_id]:
-            raise st.StoreError(
-                f"chunk {chunk.chunk_id} spans [{chunk.start}, {chunk.end}) outside its document"
-            )
 
 
 def _chunk_texts(data: st.VersionData) -> list[tuple[str, str]]:
@@ -307,6 +280,13 @@ def _analyzer(spec: st.LexicalTokenizerSpec) -> dict[str, Any]:
         stopwords = sorted(Tokenizer(stopwords=spec.stopwords, lower=spec.lower).stopwords)
         filters.append({"type": "stop", "stop_words": stopwords})
     return {"tokenizer": "standard", "filter": filters}
+
+
+def _fill(client: Any, name: str, rows: Iterable[dict[str, Any]], index: Any) -> None:
+    """Insert the rows, flush, and build the collection's indexes."""
+    _insert(client, name, rows)
+    client.flush(name)
+    _create_index(client, name, index)
 
 
 def _insert(client: Any, name: str, rows: Iterable[dict[str, Any]]) -> None:
@@ -372,9 +352,7 @@ def _write_chunks(client: Any, name: str, data: st.VersionData, texts: list[tupl
                 "facets": facets[chunk.doc_id],
             }
 
-    _insert(client, name, rows())
-    client.flush(name)
-    _create_index(client, name, index)
+    _fill(client, name, rows(), index)
 
 
 def _write_sentences(client: Any, name: str, data: st.VersionData) -> None:
@@ -403,9 +381,7 @@ def _write_sentences(client: Any, name: str, data: st.VersionData) -> None:
                 }
                 row += 1
 
-    _insert(client, name, rows())
-    client.flush(name)
-    _create_index(client, name, index)
+    _fill(client, name, rows(), index)
 
 
 def _write_documents(client: Any, name: str, data: st.VersionData) -> None:
@@ -451,9 +427,7 @@ def _write_documents(client: Any, name: str, data: st.VersionData) -> None:
                 }
                 row += 1
 
-    _insert(client, name, rows())
-    client.flush(name)
-    _create_index(client, name, index)
+    _fill(client, name, rows(), index)
 
 
 def _write_meta(client: Any, name: str, manifest: st.Manifest, words: WordFrequencies) -> None:
@@ -473,9 +447,7 @@ def _write_meta(client: Any, name: str, manifest: st.Manifest, words: WordFreque
         for blob, value in blobs.items()
         for part, text in enumerate(_parts(json.dumps(value, ensure_ascii=False)))
     ]
-    _insert(client, name, rows)
-    client.flush(name)
-    _create_index(client, name, index)
+    _fill(client, name, rows, index)
 
 
 def _parts(text: str) -> list[str]:

@@ -150,7 +150,7 @@ def _run_index(
             entries.append(sg.write_segment(store, data, average_length=average))
             manifest = data.manifest
         assert manifest is not None
-        commit = sg.new_commit(live.commit if live else None, manifest, entries)
+        commit = sg.new_commit(manifest, entries)
         sg.publish_commit(store, commit)
         log.info("index.committed", extra={"version": commit.version, "segments": len(commit.segments)})
         commit = _merge(store, commit, builder)
@@ -207,13 +207,11 @@ def _merge(store: Path, commit: sg.Commit, builder: _VersionBuilder) -> sg.Commi
     """Merge segments while the policy asks for it, each merge a commit of its own: a crash in a merge
     leaves the commit before it live."""
     while positions := sg.merge_plan(commit.segments):
-        if len(positions) < 2 and not commit.segments[positions[0]].deletions:
-            break
         live = sg.LiveStore.open(store)
         entry = sg.merge(live, positions, builder.prefix_of)
         kept = [s for n, s in enumerate(commit.segments) if n not in positions]
         kept.insert(positions[0], entry)
-        commit = sg.new_commit(commit, commit.manifest, kept)
+        commit = sg.new_commit(commit.manifest, kept)
         sg.publish_commit(store, commit)
     return commit
 
@@ -227,14 +225,17 @@ def _plan_documents(
     plan = _Plan()
     known_files = live.files if live is not None else {}
     seen: dict[str, str] = {}
-    statted: list[tuple[SourceFile, os.stat_result | None, st.FileRecord | None]] = []
+    # each source, its resolved path and root, its stat (None: vanished), and its live file record when
+    # the file is unchanged (its documents stay where they are)
+    statted: list[tuple[SourceFile, str, str, os.stat_result | None, st.FileRecord | None]] = []
     for source in sources:
+        path, root = str(source.path.resolve()), str(source.root.resolve())
         try:
             stat = source.path.stat()
         except OSError:
-            statted.append((source, None, None))
+            statted.append((source, path, root, None, None))
             continue
-        old = known_files.get((str(source.path.resolve()), str(source.root.resolve())))
+        old = known_files.get((path, root))
         if not (
             live is not None
             and old is not None
@@ -242,8 +243,8 @@ def _plan_documents(
             and all(live.find(doc_id) is not None for doc_id in old.doc_ids)
         ):
             old = None  # to load
-        statted.append((source, stat, old))
-    to_load = [source for source, found, old in statted if found is not None and old is None]
+        statted.append((source, path, root, stat, old))
+    to_load = [source for source, _, _, found, old in statted if found is not None and old is None]
     if work is not None:
         loaded_by_source = dict(zip(map(id, to_load), work.load(to_load, max_bytes), strict=True))
 
@@ -257,8 +258,7 @@ def _plan_documents(
         def loader(source: SourceFile) -> Loaded:
             return load(source, max_bytes)
 
-    for source, file_stat, old in statted:
-        path, root = str(source.path.resolve()), str(source.root.resolve())
+    for source, path, root, file_stat, old in statted:
         if file_stat is None:
             plan.skipped.append(Skipped(str(source.path), "file vanished before it could be read"))
             continue

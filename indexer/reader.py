@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,7 +25,7 @@ from indexer import segments as sg
 from indexer import store as st
 from indexer.filters import ChunkFilter, FilterLookup
 from indexer.lexical import LexicalIndex, LexicalSegment
-from indexer.text import WordFrequencies, words
+from indexer.text import WordFrequencies, summed, without
 
 
 class StoreReader(Protocol):
@@ -398,8 +397,8 @@ class LocalStoreReader:
         for placed in self._placed:
             local = placed.segment.filter_lookup.matching_chunks(chunk_filter)
             assert local is not None
-            if len(placed.deleted):
-                local = np.setdiff1d(local, placed.deleted, assume_unique=True)
+            if placed.deleted_mask is not None:
+                local = local[~placed.deleted_mask[local]]
             parts.append(local + placed.base)
         ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         ids.flags.writeable = False
@@ -483,16 +482,13 @@ def _word_frequencies(placed: list[_Placed]) -> WordFrequencies | None:
         return None
     if len(placed) == 1 and not len(placed[0].deleted):
         return placed[0].segment.word_counts
-    counts: Counter[str] = Counter()
-    texts = 0
+    parts = []
     for p in placed:
         stored = p.segment.word_counts
         assert stored is not None
-        counts.update(stored.counts)
-        texts += stored.texts - len(p.deleted)
-        for local in p.deleted.tolist():
-            counts.subtract(words(p.segment.chunks.text(local)))
-    return WordFrequencies(texts, {w: n for w, n in counts.items() if n > 0})
+        deleted = (p.segment.chunks.text(local) for local in p.deleted.tolist())
+        parts.append(without(stored, deleted) if len(p.deleted) else stored)
+    return summed(parts)
 
 
 # --- checks at load: a damaged version is refused before it is served -------------------------

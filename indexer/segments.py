@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from indexer import store as st
+from indexer.text import WordFrequencies, summed, without, word_frequencies
 
 log = logging.getLogger("ragqa.indexer")
 
@@ -251,14 +252,10 @@ def publish_commit(store: Path, commit: Commit) -> None:
     st.publish(store, commit.version)
 
 
-def new_commit(
-    previous: Commit | None,
-    manifest: st.Manifest,
-    segments: Sequence[SegmentEntry],
-    version: str | None = None,
-) -> Commit:
-    """A commit of these segments, its manifest's counts the live ones (`manifest` gives the rest)."""
-    version = version or st.new_version_id()
+def new_commit(manifest: st.Manifest, segments: Sequence[SegmentEntry]) -> Commit:
+    """A commit of these segments under a new id, its manifest's counts the live ones (`manifest` gives
+    the rest)."""
+    version = st.new_version_id()
     counts = st.Counts(
         sum(s.live_documents for s in segments),
         sum(s.live_chunks for s in segments),
@@ -276,7 +273,10 @@ def new_segment_name() -> str:
 
 
 def write_segment(
-    store: Path, data: st.VersionData, words: Any = None, average_length: float | None = None
+    store: Path,
+    data: st.VersionData,
+    words: WordFrequencies | None = None,
+    average_length: float | None = None,
 ) -> SegmentEntry:
     """Write a new segment (under a temporary name, flushed, renamed) and sum its files. `words` and
     `average_length` as for `indexer.store.write_folder` (the corpus's average: `average_length`)."""
@@ -457,13 +457,12 @@ def merge_plan(entries: Sequence[SegmentEntry]) -> list[int]:
 
 def merged_data(
     live: LiveStore, positions: Sequence[int], prefix_of: Callable[[str], str]
-) -> tuple[st.VersionData, Any]:
+) -> tuple[st.VersionData, WordFrequencies]:
     """The live documents of these segments as one segment's data, with their chunks, vectors and
     sentence vectors as stored (nothing embedded again) and the word counts of their chunks.
     `prefix_of(title)`: what BM25 indexes in front of a chunk, for a segment that does not store it
     (one migrated from format 2)."""
     from indexer import dense
-    from indexer.text import WordFrequencies, words
 
     documents: list[st.DocumentRecord] = []
     chunks: list[st.ChunkRecord] = []
@@ -471,7 +470,7 @@ def merged_data(
     texts: list[str] = []
     vectors: list[np.ndarray] = []
     sentence_vectors: list[np.ndarray] = []
-    counts: dict[str, int] = {}
+    counted: list[WordFrequencies] = []
     for position in positions:
         segment = live.segments[position]
         version = segment.version
@@ -498,16 +497,10 @@ def merged_data(
             texts.append(prefix + table.text(local))
         stored_counts = version.load_word_frequencies()
         if stored_counts is not None:
-            for word, n in stored_counts.counts.items():
-                counts[word] = counts.get(word, 0) + n
             dropped = np.flatnonzero(~segment.live[table.document_rows])
-            for local in dropped.tolist():
-                for word in words(table.text(local)):
-                    counts[word] -= 1
+            counted.append(without(stored_counts, (table.text(local) for local in dropped.tolist())))
         else:
-            for local in keep.tolist():
-                for word in words(table.text(local)):
-                    counts[word] = counts.get(word, 0) + 1
+            counted.append(word_frequencies(table.text(local) for local in keep.tolist()))
     manifest = live.segments[positions[0]].version.manifest
     dimension = manifest.model.dimension
     data = st.VersionData(
@@ -524,8 +517,7 @@ def merged_data(
         else np.zeros((0, dimension), np.float32),
         bm25_texts=texts,
     )
-    word_counts = WordFrequencies(len(chunks), {w: n for w, n in counts.items() if n > 0})
-    return data, word_counts
+    return data, summed(counted)
 
 
 def merge(live: LiveStore, positions: Sequence[int], prefix_of: Callable[[str], str]) -> SegmentEntry:
@@ -609,7 +601,7 @@ def migrate(store: Path) -> Commit | None:
     entry = SegmentEntry(
         name, counts.documents, counts.chunks, counts.sentences, sum_folder(store / SEGMENTS / name)
     )
-    commit = new_commit(None, manifest, [entry])
+    commit = new_commit(manifest, [entry])
     publish_commit(store, commit)
     log.warning(
         "store.migrated",

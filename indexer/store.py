@@ -340,7 +340,7 @@ def write_folder(
     from indexer import dense
     from indexer.lexical import LexicalSegment
 
-    _check_consistent(data)
+    check_consistent(data)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -366,9 +366,7 @@ def write_folder(
         fh.flush()
         os.fsync(fh.fileno())
     del sentence_vectors
-    spec = data.manifest.index.lexical_tokenizer
-    bm25_tokenizer(spec)  # an unknown library is refused before anything is written
-    LexicalSegment.write(tmp / "bm25", data.bm25_texts, spec, average_length)
+    LexicalSegment.write(tmp / "bm25", data.bm25_texts, data.manifest.index.lexical_tokenizer, average_length)
     manifest = replace(data.manifest, index=replace(data.manifest.index, dense=described))
     write_manifest(tmp, manifest)  # last: a version without one is incomplete
     fsync_dir(tmp)
@@ -396,7 +394,7 @@ def _prefixes(data: VersionData) -> list[str] | None:
     return [found.get(d.doc_id, "") for d in data.documents]
 
 
-def _check_consistent(data: VersionData) -> None:
+def check_consistent(data: VersionData) -> None:
     """Never write a version that its reader would refuse."""
     sentences = sum(len(c.sentences) for c in data.chunks)
     counts = Counts(len(data.documents), len(data.chunks), sentences)

@@ -35,6 +35,26 @@ class WordFrequencies:
         return {word: math.log(1 + n / df) for word, df in self.counts.items()}
 
 
+def without(counted: WordFrequencies, texts: Iterable[str]) -> WordFrequencies:
+    """The counts with these texts, which they counted, taken out (a segment's deleted chunks)."""
+    counts = Counter(counted.counts)
+    n = counted.texts
+    for text in texts:
+        n -= 1
+        counts.subtract(words(text))
+    return WordFrequencies(n, {word: count for word, count in counts.items() if count > 0})
+
+
+def summed(parts: Iterable[WordFrequencies]) -> WordFrequencies:
+    """The counts of several sets of texts as one (a commit's segments)."""
+    counts: Counter[str] = Counter()
+    n = 0
+    for part in parts:
+        counts.update(part.counts)
+        n += part.texts
+    return WordFrequencies(n, dict(counts))
+
+
 def word_frequencies(texts: Iterable[str]) -> WordFrequencies:
     """Count, for every word, how many of the texts hold it."""
     counts: Counter[str] = Counter()

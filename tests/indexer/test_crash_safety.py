@@ -203,7 +203,7 @@ with st.writer_lock(store, 0):
     live = sg.LiveStore.open(store)
     positions = list(range(len(live.segments)))
     entry = sg.merge(live, positions, prefix_of=lambda title: title + "\\n")
-    commit = sg.new_commit(live.commit, live.manifest, [entry])
+    commit = sg.new_commit(live.manifest, [entry])
     sg.publish_commit(store, commit)
     sg.collect_garbage(store, [commit, live.commit])
 print(commit.version, flush=True)
@@ -222,7 +222,7 @@ def segmented_store(store: Path, parts: int, documents: int) -> sg.Commit:
             for i in range(documents)
         }
         entries.append(sg.write_segment(store, synthetic(texts, seed=n)))
-    commit = sg.new_commit(None, synthetic({"x": "x."}).manifest, entries)
+    commit = sg.new_commit(synthetic({"x": "x."}).manifest, entries)
     sg.publish_commit(store, commit)
     return delete(store, commit, ["p0-d1", f"p{parts - 1}-d0"])
 

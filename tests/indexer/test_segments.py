@@ -34,9 +34,9 @@ def part(name: str, seed: int) -> st.VersionData:
     return synthetic(PARTS[name], seed=seed)
 
 
-def commit_of(store: Path, parts: list[st.VersionData], previous: sg.Commit | None = None) -> sg.Commit:
+def commit_of(store: Path, parts: list[st.VersionData]) -> sg.Commit:
     entries = [sg.write_segment(store, data) for data in parts]
-    commit = sg.new_commit(previous, parts[0].manifest, entries)
+    commit = sg.new_commit(parts[0].manifest, entries)
     sg.publish_commit(store, commit)
     return commit
 
@@ -74,7 +74,7 @@ def delete(store: Path, commit: sg.Commit, doc_ids: list[str]) -> sg.Commit:
             entries.append(sg.write_deletions(store, segment.entry, deleted, chunks))
         else:
             entries.append(segment.entry)
-    new = sg.new_commit(commit, commit.manifest, entries)
+    new = sg.new_commit(commit.manifest, entries)
     sg.publish_commit(store, new)
     return new
 
@@ -178,7 +178,7 @@ def test_an_update_of_one_document_writes_that_document_not_the_corpus(tmp_path:
     at = live.find("d7")
     assert at is not None
     old = sg.write_deletions(store, live.segments[0].entry, np.array([at[1]], np.int64), 1)
-    new = sg.new_commit(commit, commit.manifest, [old, sg.write_segment(store, one)])
+    new = sg.new_commit(commit.manifest, [old, sg.write_segment(store, one)])
     sg.publish_commit(store, new)
 
     after = {p: p.stat() for p in store.rglob("*") if p.is_file()}
@@ -196,7 +196,7 @@ def test_a_reload_opens_only_the_new_segments(three: Path) -> None:
     commit = sg.read_commit(three)
     extra = synthetic({"z0": "Zulu is new here. It arrives later."}, seed=7)
     entries = [*commit.segments, sg.write_segment(three, extra)]
-    sg.publish_commit(three, sg.new_commit(commit, commit.manifest, entries))
+    sg.publish_commit(three, sg.new_commit(commit.manifest, entries))
     second = LocalStoreReader.open(three, previous=first)
     shared = [a is b for a, b in zip(first._placed, second._placed, strict=False)]
     assert len(second._placed) == 4
@@ -215,7 +215,7 @@ def test_a_damaged_segment_file_is_refused_at_open_and_the_service_keeps_serving
     commit = sg.read_commit(three)
     extra = synthetic({"z0": "Zulu is new here. It arrives later."}, seed=7)
     entry = sg.write_segment(three, extra)
-    sg.publish_commit(three, sg.new_commit(commit, commit.manifest, [*commit.segments, entry]))
+    sg.publish_commit(three, sg.new_commit(commit.manifest, [*commit.segments, entry]))
     victim = three / sg.SEGMENTS / entry.name / "sentences.npy"
     if damage == "truncate":
         os.truncate(victim, victim.stat().st_size - 10)
@@ -251,7 +251,7 @@ def test_merging_keeps_every_answer_and_drops_the_deleted(three: Path) -> None:
     before = open_reader(three)
     live = sg.LiveStore.open(three)
     entry = sg.merge(live, [0, 1, 2], prefix_of=lambda title: pytest.fail("the prefixes are stored"))
-    merged = sg.new_commit(commit, commit.manifest, [entry])
+    merged = sg.new_commit(commit.manifest, [entry])
     sg.publish_commit(three, merged)
     after = open_reader(three)
     assert entry.deletions is None and entry.documents == 10
