@@ -5,7 +5,8 @@
 Realistic vectors, not random ones (uniform random 384-d vectors are the worst case for ANN and unlike
 text embeddings): every distinct sentence of ../shared/data/corpus/wiki-leads-10k.jsonl (split as the
 chunker splits, `indexer.chunking.split_sentences`; 4 words or more, 600 characters or fewer, as
-bench/scale.py picks them) embedded by the real model, cached in var/ann/sentences.npy. 2,500 of them
+bench/scale.py picks them) embedded by the real model, cached in var/scale as bench/scale.py caches
+them (bench.harness.pool_vectors). 2,500 of them
 are held out (seeded) as the queries; each database vector is the L2-normalised mean of 5 random
 (seeded) non-held-out sentence vectors, which is how bench/scale.py builds its one-chunk documents of
 five sentences. Ground truth: an exact faiss.IndexFlatIP over the same vectors.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,20 +44,25 @@ from bench.harness import (
     add_corpus_option,
     add_results_option,
     command_line,
+    corpus_sha256,
+    distinct_picks,
+    document_vectors,
     load_average,
+    log,
     machine,
     machine_summary,
     now,
     offline,
     percentiles,
+    pool_vectors,
     publish,
     require_data,
+    sentence_pool,
     shared_data,
 )
 
 DEFAULT_CORPUS = shared_data("corpus/wiki-leads-10k.jsonl")
-CACHE = REPO / "var" / "ann"
-MIN_WORDS, MAX_CHARS = 4, 600  # the sentences bench/scale.py uses
+CACHE = REPO / "var" / "ann"  # where index files are written to be measured
 HELD_OUT = 2500  # sentences that are queries, never in a database vector
 SENTENCES_PER_VECTOR = 5
 SEED = 11
@@ -68,59 +73,18 @@ FLAT_QUERIES = 100  # the flat index is exact and slow at 1,000,000: its latency
 SLAB = 65_536  # database rows made at a time
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # --- the vectors ----------------------------------------------------------------------------------
 
 
-def corpus_sentences(corpus: Path) -> list[str]:
-    """Every distinct sentence of the corpus of MIN_WORDS words or more and MAX_CHARS characters or
-    fewer, in corpus order (bench/scale.py's `sentence_pool`, without the titles)."""
-    from indexer.chunking import split_sentences
-
-    seen: set[str] = set()
-    out: list[str] = []
-    with open(corpus, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            text = str(json.loads(line).get("text") or "")
-            for start, end in split_sentences(text):
-                sentence = text[start:end]
-                if len(sentence.split()) >= MIN_WORDS and len(sentence) <= MAX_CHARS and sentence not in seen:
-                    seen.add(sentence)
-                    out.append(sentence)
-    return out
-
-
-def sentence_vectors(corpus: Path, cache: Path = CACHE) -> np.ndarray:
-    """The corpus sentences embedded by the real model (normalised float32 rows, corpus order), cached
-    in cache/sentences.npy with the count and model beside it (a cache of another corpus or model is
-    made again)."""
+def sentence_vectors(corpus: Path) -> np.ndarray:
+    """The corpus sentences embedded by the real model (normalised float32 rows, corpus order): the
+    pool bench/scale.py builds its documents from, cached as it caches it (bench.harness)."""
     from indexer.config import IndexSettings
     from indexer.embedding import load_embedder
 
-    model = IndexSettings().model
-    path, meta_path = cache / "sentences.npy", cache / "sentences.json"
-    sentences = corpus_sentences(corpus)
-    meta = {"corpus": str(corpus.resolve()), "model": model, "sentences": len(sentences)}
-    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
-        vectors: np.ndarray = np.load(path)
-        return vectors
-    log(f"embedding {len(sentences):,} sentences with {model} (cached in {path}) ...")
-    started = time.perf_counter()
-    embedder = load_embedder(model, 64)
-    parts = []
-    for at in range(0, len(sentences), 4096):
-        parts.append(embedder.encode(sentences[at : at + 4096]))
-        log(f"  {at + len(parts[-1]):,} / {len(sentences):,} in {time.perf_counter() - started:.0f} s")
-    vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
-    meta_path.write_text(json.dumps(meta) + "\n")
-    return vectors
+    return pool_vectors(
+        sentence_pool(corpus), load_embedder(IndexSettings().model, 64), corpus_sha256(corpus)
+    )
 
 
 @dataclass(frozen=True)
@@ -140,17 +104,8 @@ def make_data(sentences: np.ndarray, size: int, seed: int = SEED) -> Data:
     database = np.empty((size, sentences.shape[1]), np.float32)
     for at in range(0, size, SLAB):
         n = min(SLAB, size - at)
-        picks = rng.integers(0, len(pool), size=(n, SENTENCES_PER_VECTOR))
-        # Five distinct sentences: redraw a row's repeats (rare with tens of thousands of sentences).
-        while True:
-            ordered = np.sort(picks, axis=1)
-            repeated = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
-            if not len(repeated):
-                break
-            picks[repeated] = rng.integers(0, len(pool), size=(len(repeated), SENTENCES_PER_VECTOR))
-        block = pool[picks].mean(axis=1)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        database[at : at + n] = block
+        picks = distinct_picks(rng, n, len(pool), SENTENCES_PER_VECTOR)
+        database[at : at + n] = document_vectors(pool, picks)
     return Data(database, queries)
 
 
@@ -296,6 +251,7 @@ def rss_mib() -> float:
 def index_file_mib(index: Any) -> float:
     import faiss
 
+    CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as folder:
         path = Path(folder) / "index.faiss"
         faiss.write_index(index, str(path))

@@ -20,6 +20,8 @@ service's /metrics, percentiles, and where the figures go.
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -35,14 +37,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import psutil
 
+from indexer.chunking import split_sentences
 from service.eval import Dataset, Question, load_dataset, sample
 from service.eval import percentiles as percentiles  # the one percentile function, shared with ragqa-eval
+
+if TYPE_CHECKING:
+    from indexer.embedding import Embedder
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -470,3 +477,126 @@ def publish(name: str, result: dict[str, Any], text: str, folder: Path = RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (folder / f"{name}.md").write_text(text + "\n", encoding="utf-8")
+
+
+# --- the corpus's sentences and their vectors (bench/scale.py, bench/ann.py) -------------------------
+
+MIN_WORDS, MAX_CHARS = 4, 600  # the corpus sentences used: documents' sentences, queries
+POOL_CACHE = REPO / "var" / "scale"  # where the pool's vectors are kept between runs
+POOL_BATCH = 128  # sentences per model call when the pool is encoded
+POOL_SLAB = 4_096  # sentences encoded between two progress lines
+VECTOR_SLAB = 8_192  # mean vectors made at a time
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Sentence:
+    text: str
+    title: str  # of the article it comes from
+    index: int  # its position in the pool (and its row of the pool's vectors)
+
+
+def sentence_pool(corpus: Path) -> list[Sentence]:
+    """Every distinct sentence of the corpus (split as the chunker splits) of MIN_WORDS words or more
+    and MAX_CHARS characters or fewer, in corpus order."""
+    seen: set[str] = set()
+    pool: list[Sentence] = []
+    with open(corpus, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            text, title = str(record.get("text") or ""), str(record.get("title") or "")
+            for start, end in split_sentences(text):
+                sentence = text[start:end]
+                if len(sentence.split()) >= MIN_WORDS and len(sentence) <= MAX_CHARS and sentence not in seen:
+                    seen.add(sentence)
+                    pool.append(Sentence(sentence, title, len(pool)))
+    return pool
+
+
+def normalised(rows: np.ndarray) -> np.ndarray:
+    """The rows (float32) scaled to unit length, in place."""
+    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return rows
+
+
+def pool_vectors_path(corpus_sha: str, model: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
+    return POOL_CACHE / f"pool-vectors-{corpus_sha[:12]}-{safe}.npy"
+
+
+def pool_vectors(pool: list[Sentence], embedder: Embedder, corpus_sha: str) -> np.ndarray:
+    """Every pool sentence's vector by the real model (float32, L2-normalised, pool order): read from
+    var/scale/pool-vectors-<corpus sha[:12]>-<model>.npy when it holds one row per sentence, else
+    encoded now (the model's batch `encode`, POOL_BATCH sentences a batch, a few minutes on two cores)
+    and saved there for the next run."""
+    path = pool_vectors_path(corpus_sha, embedder.info.name)
+    expected = (len(pool), embedder.info.dimension)
+    if path.is_file():
+        try:
+            cached = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            log(f"{path} cannot be read ({exc}): encoding the pool again")
+        else:
+            if cached.shape == expected and cached.dtype == np.float32:
+                log(f"the pool's {len(pool):,} sentence vectors: reusing {path}")
+                return np.array(cached)
+            log(
+                f"{path} holds {cached.shape} {cached.dtype}, not {expected} float32: encoding the pool again"
+            )
+    log(
+        f"encoding the pool's {len(pool):,} sentences with {embedder.info.name} (batches of {POOL_BATCH},"
+        f" once per corpus and model; cached in {path}) ..."
+    )
+    batcher = copy.copy(embedder)  # the same model, another batch size
+    batcher.batch_size = POOL_BATCH
+    started = time.perf_counter()
+    out = np.empty(expected, dtype=np.float32)
+    for at in range(0, len(pool), POOL_SLAB):
+        slab = [s.text for s in pool[at : at + POOL_SLAB]]
+        out[at : at + len(slab)] = batcher.encode(slab)
+        log(f"  {at + len(slab):,} / {len(pool):,} in {time.perf_counter() - started:.0f} s")
+    normalised(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, out)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    log(f"encoded the pool in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def document_vectors(pool_vectors: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """One vector per row of `picks` (pool indices of a document's sentences): the L2-normalised mean of
+    those sentences' vectors (float32), made VECTOR_SLAB rows at a time."""
+    out = np.empty((len(picks), pool_vectors.shape[1]), dtype=np.float32)
+    for at in range(0, len(picks), VECTOR_SLAB):
+        block = pool_vectors[picks[at : at + VECTOR_SLAB]].mean(axis=1, dtype=np.float32)
+        out[at : at + len(block)] = normalised(block)
+    return out
+
+
+def corpus_sha256(corpus: Path) -> str:
+    digest = hashlib.sha256()
+    with open(corpus, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def distinct_picks(rng: np.random.Generator, rows: int, pool_size: int, per_row: int) -> np.ndarray:
+    """`rows` rows of `per_row` distinct pool indices each (seeded by `rng`): a row with a repeat is
+    drawn again."""
+    picks = rng.integers(0, pool_size, size=(rows, per_row))
+    while True:
+        ordered = np.sort(picks, axis=1)
+        repeated = np.flatnonzero((np.diff(ordered, axis=1) == 0).any(axis=1))
+        if not len(repeated):
+            return picks
+        picks[repeated] = rng.integers(0, pool_size, size=(len(repeated), per_row))

@@ -73,13 +73,10 @@ Markdown table to stderr.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import gc
-import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import threading
@@ -97,28 +94,36 @@ import numpy as np
 from bench.harness import (
     REPO,
     CpuMeter,
+    Sentence,
     add_corpus_option,
     add_results_option,
     code_state,
     command_line,
+    corpus_sha256,
+    distinct_picks,
+    document_vectors,
     load_average,
+    log,
     machine,
     machine_summary,
     malloc,
     memory_mib,
+    normalised,
     now,
     offline,
     percentiles,
+    pool_vectors,
     publish,
     require_data,
     scrape,
+    sentence_pool,
     shared_data,
     stage_means_ms,
 )
 from indexer import dense
 from indexer import segments as sg
 from indexer import store as st
-from indexer.chunking import Chunker, ChunkerSettings, split_sentences
+from indexer.chunking import Chunker, ChunkerSettings
 from indexer.config import IndexSettings
 from indexer.embedding import Embedder, load_embedder
 from indexer.pipeline import EMBEDDED_TEXT
@@ -130,15 +135,11 @@ MARKER = "bench-scale.json"  # in the store's folder: what built it
 GENERATOR = 2  # the synthetic data's recipe: a store built by another recipe is built again
 # (1: random vectors, a format-2 version; 2: the pool's real sentence vectors, one segment of a commit)
 SENTENCES_PER_DOC = 5
-MIN_WORDS, MAX_CHARS = 4, 600  # the corpus sentences used, as documents' sentences and as questions
 HELD_OUT = 2500  # sentences never in a store: warm-up, questions, the update's new text
 WARMUP = 20
 SEARCH_TOP_K = 50
 RECALL_K = 10
 EXACT_QUESTIONS = 32  # questions scored at a time by the exact search (a chunks × 32 float32 block)
-VECTOR_SLAB = 8_192  # documents' chunk vectors made at a time
-POOL_BATCH = 128  # sentences per model call when the pool is encoded
-POOL_SLAB = 4_096  # sentences encoded between two progress lines
 LOCK_WAIT = 30.0
 READY_TIMEOUT = 1800.0  # seconds for the server to load the model and the store
 SERVED_TIMEOUT = 1800.0  # seconds for the server to serve an update
@@ -177,41 +178,11 @@ HEADLINE = (
 Span = tuple[int, int]
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def mib(n_bytes: float) -> float:
     return round(n_bytes / 2**20, 1)
 
 
 # --- text: the corpus's sentences --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sentence:
-    text: str
-    title: str  # of the article it comes from
-    index: int  # its position in the pool (and its row of the pool's vectors)
-
-
-def sentence_pool(corpus: Path) -> list[Sentence]:
-    """Every distinct sentence of the corpus (split as the chunker splits) of MIN_WORDS words or more
-    and MAX_CHARS characters or fewer, in corpus order."""
-    seen: set[str] = set()
-    pool: list[Sentence] = []
-    with open(corpus, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            text, title = str(record.get("text") or ""), str(record.get("title") or "")
-            for start, end in split_sentences(text):
-                sentence = text[start:end]
-                if len(sentence.split()) >= MIN_WORDS and len(sentence) <= MAX_CHARS and sentence not in seen:
-                    seen.add(sentence)
-                    pool.append(Sentence(sentence, title, len(pool)))
-    return pool
 
 
 @dataclass(frozen=True)
@@ -254,70 +225,6 @@ def compose(sentences: Sequence[str]) -> tuple[str, tuple[Span, ...]]:
     text = " ".join(sentences)
     assert all(text[s:e] == sentence for (s, e), sentence in zip(spans, sentences, strict=True))
     return text, tuple(spans)
-
-
-def normalised(rows: np.ndarray) -> np.ndarray:
-    """The rows (float32) scaled to unit length, in place."""
-    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-    return rows
-
-
-def pool_vectors_path(corpus_sha: str, model: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
-    return SCALE_DIR / f"pool-vectors-{corpus_sha[:12]}-{safe}.npy"
-
-
-def pool_vectors(pool: list[Sentence], embedder: Embedder, corpus_sha: str) -> np.ndarray:
-    """Every pool sentence's vector by the real model (float32, L2-normalised, pool order): read from
-    var/scale/pool-vectors-<corpus sha[:12]>-<model>.npy when it holds one row per sentence, else
-    encoded now (the model's batch `encode`, POOL_BATCH sentences a batch, a few minutes on two cores)
-    and saved there for the next run."""
-    path = pool_vectors_path(corpus_sha, embedder.info.name)
-    expected = (len(pool), embedder.info.dimension)
-    if path.is_file():
-        try:
-            cached = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            log(f"{path} cannot be read ({exc}): encoding the pool again")
-        else:
-            if cached.shape == expected and cached.dtype == np.float32:
-                log(f"the pool's {len(pool):,} sentence vectors: reusing {path}")
-                return np.array(cached)
-            log(
-                f"{path} holds {cached.shape} {cached.dtype}, not {expected} float32: encoding the pool again"
-            )
-    log(
-        f"encoding the pool's {len(pool):,} sentences with {embedder.info.name} (batches of {POOL_BATCH},"
-        f" once per corpus and model; cached in {path}) ..."
-    )
-    batcher = copy.copy(embedder)  # the same model, another batch size
-    batcher.batch_size = POOL_BATCH
-    started = time.perf_counter()
-    out = np.empty(expected, dtype=np.float32)
-    for at in range(0, len(pool), POOL_SLAB):
-        slab = [s.text for s in pool[at : at + POOL_SLAB]]
-        out[at : at + len(slab)] = batcher.encode(slab)
-        log(f"  {at + len(slab):,} / {len(pool):,} in {time.perf_counter() - started:.0f} s")
-    normalised(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, out)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    log(f"encoded the pool in {time.perf_counter() - started:.0f} s")
-    return out
-
-
-def document_vectors(pool_vectors: np.ndarray, picks: np.ndarray) -> np.ndarray:
-    """One vector per row of `picks` (pool indices of a document's sentences): the L2-normalised mean of
-    those sentences' vectors (float32), made VECTOR_SLAB rows at a time."""
-    out = np.empty((len(picks), pool_vectors.shape[1]), dtype=np.float32)
-    for at in range(0, len(picks), VECTOR_SLAB):
-        block = pool_vectors[picks[at : at + VECTOR_SLAB]].mean(axis=1, dtype=np.float32)
-        out[at : at + len(block)] = normalised(block)
-    return out
 
 
 # --- the synthetic store --------------------------------------------------------------------------
@@ -395,15 +302,8 @@ def synthetic_version(
 ) -> st.VersionData:
     """N one-chunk documents of five distinct sentences each (seeded): each sentence's vector its real
     one from the pool's, the chunk's the normalised mean of its five (`document_vectors`)."""
-    rng = np.random.default_rng([seed, 1])
     pool = texts.documents
-    picks = rng.integers(0, len(pool), size=(n, SENTENCES_PER_DOC))
-    while True:  # five distinct sentences in a document
-        ordered = np.sort(picks, axis=1)
-        repeated = (np.diff(ordered, axis=1) == 0).any(axis=1)
-        if not repeated.any():
-            break
-        picks[repeated] = rng.integers(0, len(pool), size=(int(repeated.sum()), SENTENCES_PER_DOC))
+    picks = distinct_picks(np.random.default_rng([seed, 1]), n, len(pool), SENTENCES_PER_DOC)
     documents, chunks, files, bm25_texts = [], [], [], []
     for i in range(n):
         sentences = [pool[j] for j in picks[i]]
@@ -420,14 +320,6 @@ def synthetic_version(
     # in the dtype the store keeps them in (float16), so that writing them makes no copy of n × 5 rows
     sentence_vectors = pool_vectors.astype(manifest.sentence_vectors_dtype)[rows.reshape(-1)]
     return st.VersionData(manifest, documents, chunks, files, vectors, sentence_vectors, bm25_texts)
-
-
-def corpus_sha256(corpus: Path) -> str:
-    digest = hashlib.sha256()
-    with open(corpus, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_marker(store: Path) -> dict[str, Any] | None:
