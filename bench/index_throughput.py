@@ -152,9 +152,9 @@ def embedded_texts(settings: IndexSettings) -> tuple[list[str], int]:
     do not hash to their chunk's recorded hash (must be 0)."""
     from indexer import segments as sg
 
-    commit = sg.read_commit(settings.store)
+    commit = sg.read_commit(settings.local_store)
     (entry,) = commit.segments  # a fresh store: one segment
-    version = st.open_folder(settings.store, commit.folder(settings.store, entry), entry.name)
+    version = st.open_folder(settings.local_store, commit.folder(settings.local_store, entry), entry.name)
     fingerprint = version.manifest.chunker
     chunker = Chunker(
         load_embedder(settings.model, settings.batch_size).tokenizer,

@@ -23,6 +23,8 @@ examples:
   ragqa-index docs/ notes.md --json    several paths; print a JSON report as the last line
   ragqa-index data.jsonl --store /tmp/s   one document a line: {"_id", "title", "text", "metadata"?}
   ragqa-index --rebuild docs/          start afresh (e.g. after changing RAGQA_MODEL)
+  ragqa-index docs/ --store milvus://milvus.internal:19530/ragqa --ray ray://head:10001
+                                       a Milvus store, the work fanned out on a Ray cluster
 
 Supported: .txt .md .html .htm .pdf .docx .jsonl; hidden files and folders are skipped.
 Exit codes: 0 indexed (skipped files are listed), 2 nothing indexable, a missing path or a store
@@ -38,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="*", type=Path, default=[Path("corpus")], help="files or folders")
-    parser.add_argument("--store", type=Path, help="store folder (default: $RAGQA_STORE or var/store)")
+    parser.add_argument(
+        "--store", help="store folder or Milvus store (default: $RAGQA_STORE or var/store; docs/scale-out.md)"
+    )
     parser.add_argument("--model", help="embedding model name or folder (default: $RAGQA_MODEL or bundled)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on the last line")
     parser.add_argument("--rebuild", action="store_true", help="ignore the previous version; embed afresh")
@@ -85,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _summary(report: IndexReport, store: Path) -> str:
+def _summary(report: IndexReport, store: str) -> str:
     verb = "published" if report.published else "unchanged:"
     lines = [
         f"{verb} version {report.version} in {store}: {report.documents} documents, {report.chunks} chunks "
         f"({report.embedded} embedded, {report.reused} reused), {report.removed} documents removed, "
         f"{report.seconds:.1f}s"
     ]
+    if report.exported:
+        lines.append(f"Milvus: version {report.version} is live")
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)}:")
         lines += [f"  {s['path']}: {s['reason']}" for s in report.skipped]

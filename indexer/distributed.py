@@ -5,20 +5,25 @@ the store, its lock and its embedding cache are the driver's, and a worker only 
 
 Nothing imports Ray unless a run asks for it: `ray` is the optional extra `ragqa[ray]`. Without an
 address, a local Ray of this machine's cores is started for the run and stopped after it; with one,
-the run joins that cluster (its workers need ragqa installed, with the same model).
+the run joins that cluster (its workers need ragqa installed, with the same model). With a Milvus
+server as the store, the new version's rows are written into Milvus by Ray write tasks through
+indexer.milvus_datasink.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from indexer.chunking import Chunker, ChunkerSettings
 from indexer.documents import Loaded, LoadError, SourceFile, load
+
+if TYPE_CHECKING:
+    from indexer.milvus_store import Insert, MilvusLocation
 
 Span = tuple[int, int]
 LOCAL = "local"  # `--ray` without an address: a Ray of this machine, for this run
@@ -59,6 +64,16 @@ class RayWork:
         self.batch_size = batch_size
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.actors = actors or max(1, cpus)
+
+    def milvus_insert(self, location: MilvusLocation) -> Insert:
+        """How a publish to Milvus writes a collection's rows on this cluster: by Ray write tasks
+        (indexer.milvus_datasink), one block of rows per actor's worth of CPU."""
+        from indexer import milvus_datasink
+
+        def insert(collection: str, rows: Iterable[dict[str, Any]]) -> None:
+            milvus_datasink.write(location, collection, rows, self.actors)
+
+        return insert
 
     def load(self, sources: Sequence[SourceFile], max_bytes: int) -> list[Loaded | Exception]:
         """Each source loaded by a Ray task (FILES_PER_TASK a task), in order: its documents, or the

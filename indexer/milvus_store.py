@@ -48,12 +48,14 @@ Where this differs from the local store (indexer.reader.LocalStoreReader):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -74,9 +76,12 @@ PAGE_ROWS = 1_000  # rows a query returns at once when paging
 ID_PAGE_ROWS = 16_384  # ... when it returns only chunk ids
 MAX_TOP_K = 16_384  # Milvus's limit on a search's k
 PAD_DIMENSION = 2
-INDEX_TIMEOUT = 600.0  # seconds a publish waits for an index to be built
+INDEX_TIMEOUT = 600.0  # seconds a publish waits for an index to be built (and for any one call)
+CALL_TIMEOUT = 10.0  # seconds a read (or connecting) may take before the store counts as unavailable
+LOAD_TIMEOUT = 300.0  # seconds opening a version may wait for its collections to load
 DENSE_INDEX = "milvus HNSW (M=16, efConstruction=200), metric IP"
 LEXICAL_INDEX = "milvus BM25 function, SPARSE_INVERTED_INDEX"
+Insert = Callable[[str, Iterable[dict[str, Any]]], None]  # writes rows into the named collection
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VERSION = re.compile(r"[A-Za-z0-9]+\Z")  # no _: the collection names of one alias stay apart from another's
 
@@ -94,6 +99,7 @@ class MilvusLocation:
     path: str | None = None  # milvus-lite: the .db file
     uri: str | None = None  # a server: http://host:port or https://host:port
     token: str = field(default="", repr=False)
+    timeout: float = CALL_TIMEOUT  # seconds a reader's call (and a connection) may take
 
     @property
     def is_lite(self) -> bool:
@@ -103,19 +109,83 @@ class MilvusLocation:
         """A new `pymilvus.MilvusClient` connected to the store."""
         from pymilvus import MilvusClient
 
+        # pymilvus logs every failed call with its traceback (on stderr, its own handler) before raising;
+        # ragqa raises it as StoreUnavailableError with the message, and the service logs that once.
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+
         if self.path is not None:
-            return MilvusClient(uri=self.path)
-        return MilvusClient(uri=self.uri, token=self.token)
+            return MilvusClient(uri=self.path, timeout=self.timeout)
+        return MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout)
 
     def collection(self, version_id: str, kind: str) -> str:
         return f"{self.alias}_{version_id}_{kind}"
+
+    def guarded_client(self, timeout: float | None = None) -> GuardedClient:
+        """A new client whose calls have a deadline of `timeout` seconds (default: the location's; see
+        `GuardedClient`); StoreUnavailableError when it cannot connect within the location's timeout."""
+        from pymilvus.exceptions import MilvusException
+
+        where = str(self.path or self.uri)
+        try:
+            return GuardedClient(self.client(), where, timeout or self.timeout)
+        except MilvusException as exc:
+            hint = ""
+            if self.path is not None:
+                hint = (
+                    " (one process at a time can open a milvus-lite file: to index while serving, run "
+                    "`milvus-lite server` and use milvus://; docs/scale-out.md)"
+                )
+            raise st.StoreUnavailableError(
+                f"cannot open the Milvus store at {where}: {exc.message}{hint}"
+            ) from exc
+
+
+class GuardedClient:
+    """A MilvusClient whose every call to the engine has a deadline (`timeout` unless the call gives
+    one) and whose failures (the engine down, unreachable, too slow, or refusing) are
+    StoreUnavailableError: nothing hangs on a dead server, and the service answers 503 rather than 500."""
+
+    LOCAL_CALLS = frozenset({"create_schema", "prepare_index_params"})  # build objects; no engine call
+
+    def __init__(self, client: Any, where: str, timeout: float) -> None:
+        self.client = client
+        self.where = where
+        self.timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if name in self.LOCAL_CALLS:
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import grpc
+            from pymilvus.exceptions import MilvusException
+
+            kwargs.setdefault("timeout", self.timeout)
+            try:
+                return method(*args, **kwargs)
+            except MilvusException as exc:
+                message = exc.message
+            except grpc.RpcError as exc:  # a deadline passed: pymilvus raises gRPC's own error
+                code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+                message = f"{code().name if code else 'gRPC error'}: {details() if details else exc}"
+                if code and code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    message = f"no answer within {kwargs['timeout']:g} s ({message})"
+            raise st.StoreUnavailableError(f"the Milvus store at {self.where} failed: {message}")
+
+        return call
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def parse_location(value: str) -> MilvusLocation | None:
     """The Milvus store a setting names, or None for a plain path (the local store):
 
     - `milvus-lite:///abs/path/file.db` (optionally `?alias=name`): an embedded milvus-lite file;
-    - `milvus://host[:port][/alias]`, `milvus+tls://host[:port][/alias]`: a server (TLS with +tls).
+    - `milvus://host[:port][/alias]`, `milvus+tls://host[:port][/alias]`: a server (TLS with +tls);
+    - `?timeout=SECONDS` on any of them: how long a read (or connecting) may take before the store
+      counts as unavailable (default CALL_TIMEOUT).
 
     The alias defaults to "ragqa". ValueError for a malformed setting, and for credentials in the URL
     (`user:password@`): the token is read from RAGQA_MILVUS_TOKEN only."""
@@ -134,19 +204,30 @@ def parse_location(value: str) -> MilvusLocation | None:
     if parts.fragment:
         raise ValueError(f"a fragment in the Milvus store setting {value!r}")
     query = parse_qs(parts.query, keep_blank_values=True)
+    options = {"timeout"} | ({"alias"} if scheme == "milvus-lite" else set())
+    unknown = set(query) - options
+    if unknown:
+        raise ValueError(
+            f"unknown options {sorted(unknown)} in {value!r} (it takes {', '.join(sorted(options))})"
+        )
+    timeout = CALL_TIMEOUT
+    if "timeout" in query:
+        try:
+            timeout = float(query["timeout"][-1])
+        except ValueError:
+            timeout = math.nan
+        if not 0 < timeout <= INDEX_TIMEOUT:
+            raise ValueError(
+                f"timeout= takes seconds, more than 0 and at most {INDEX_TIMEOUT:g}, in {value!r}"
+            )
     if scheme == "milvus-lite":
         if parts.netloc:
             raise ValueError(f"milvus-lite takes an absolute path, milvus-lite:///abs/file.db, not {value!r}")
         path = parts.path
         if not path.startswith("/") or not path.endswith(".db"):
             raise ValueError(f"milvus-lite needs an absolute path to a .db file, not {path!r}")
-        unknown = set(query) - {"alias"}
-        if unknown:
-            raise ValueError(f"unknown options {sorted(unknown)} in {value!r} (milvus-lite takes alias=)")
         alias = query["alias"][-1] if "alias" in query else DEFAULT_ALIAS
-        return MilvusLocation(_alias(alias), path=path)
-    if query:
-        raise ValueError(f"unknown options in {value!r}")
+        return MilvusLocation(_alias(alias), path=path, timeout=timeout)
     if not parts.hostname:
         raise ValueError(f"no host in the Milvus store setting {value!r}")
     try:
@@ -157,8 +238,25 @@ def parse_location(value: str) -> MilvusLocation | None:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     protocol = "https" if scheme == "milvus+tls" else "http"
     return MilvusLocation(
-        _alias(alias), uri=f"{protocol}://{host}:{port}", token=os.environ.get(TOKEN_VARIABLE, "")
+        _alias(alias),
+        uri=f"{protocol}://{host}:{port}",
+        token=os.environ.get(TOKEN_VARIABLE, ""),
+        timeout=timeout,
     )
+
+
+def live_version(location: MilvusLocation, client: GuardedClient) -> str | None:
+    """The version the location's alias names (None when the alias does not exist yet);
+    StoreUnavailableError when the engine does not answer, StoreError when the alias names a
+    collection that is not a ragqa version of this alias."""
+    if location.alias not in client.list_aliases().get("aliases", []):
+        return None
+    target = str(client.describe_alias(location.alias)["collection_name"])
+    prefix, suffix = location.alias + "_", "_chunks"
+    version_id = target[len(prefix) : -len(suffix)]
+    if not (target.startswith(prefix) and target.endswith(suffix) and _VERSION.match(version_id)):
+        raise st.StoreError(f"the alias {location.alias!r} names {target!r}, not a ragqa chunks collection")
+    return version_id
 
 
 def _alias(alias: str) -> str:
@@ -172,9 +270,13 @@ def _alias(alias: str) -> str:
 # --- writing a version ---------------------------------------------------------------------------
 
 
-def publish_version(location: MilvusLocation, data: st.VersionData, version_id: str) -> str:
+def publish_version(
+    location: MilvusLocation, data: st.VersionData, version_id: str, insert: Insert | None = None
+) -> str:
     """Write `data` as version `version_id` (its collections, loaded and checked) and make it live by
     pointing the location's alias at its chunks collection. Returns the chunks collection's name.
+    `insert(collection, rows)` writes rows into a collection (default: this process, in batches; Ray:
+    indexer.distributed's datasink, from the cluster's workers).
     StoreError when the data is inconsistent or the written counts do not match; ValueError for a
     version id Milvus cannot name. The caller is the one writer (as the local store's writer lock)."""
     if not _VERSION.match(version_id):
@@ -182,14 +284,14 @@ def publish_version(location: MilvusLocation, data: st.VersionData, version_id: 
     st.check_consistent(data)  # what the local writer refuses, refused here too
     index = replace(data.manifest.index, dense=DENSE_INDEX, bm25=LEXICAL_INDEX)
     manifest = replace(data.manifest, version=version_id, index=index)
-    client = location.client()
+    client = location.guarded_client(INDEX_TIMEOUT)
     names = {kind: location.collection(version_id, kind) for kind in KINDS}
     try:
         for name in names.values():
             if client.has_collection(name):
                 raise st.StoreError(f"version {version_id} already exists in Milvus ({name})")
         try:
-            _write_version(client, names, data, manifest)
+            _write_version(client, names, data, manifest, insert or partial(insert_rows, client))
         except BaseException:
             for name in names.values():  # nothing of a version that was not published stays behind
                 if client.has_collection(name):
@@ -205,14 +307,16 @@ def publish_version(location: MilvusLocation, data: st.VersionData, version_id: 
         client.close()
 
 
-def _write_version(client: Any, names: dict[str, str], data: st.VersionData, manifest: st.Manifest) -> None:
+def _write_version(
+    client: Any, names: dict[str, str], data: st.VersionData, manifest: st.Manifest, insert: Insert
+) -> None:
     """Create, fill, index and load the version's collections, and check their counts."""
     texts = _chunk_texts(data)
     words = word_frequencies(own for _, own in texts)
-    _write_chunks(client, names["chunks"], data, texts)
-    _write_sentences(client, names["sentences"], data)
-    _write_documents(client, names["documents"], data)
-    _write_meta(client, names["meta"], manifest, words)
+    _write_chunks(client, names["chunks"], insert, data, texts)
+    _write_sentences(client, names["sentences"], insert, data)
+    _write_documents(client, names["documents"], insert, data)
+    _write_meta(client, names["meta"], insert, manifest, words)
     expected = {
         "chunks": len(data.chunks),
         "sentences": len(data.sentence_vectors),
@@ -282,14 +386,15 @@ def _analyzer(spec: st.LexicalTokenizerSpec) -> dict[str, Any]:
     return {"tokenizer": "standard", "filter": filters}
 
 
-def _fill(client: Any, name: str, rows: Iterable[dict[str, Any]], index: Any) -> None:
-    """Insert the rows, flush, and build the collection's indexes."""
-    _insert(client, name, rows)
+def _fill(client: Any, name: str, insert: Insert, rows: Iterable[dict[str, Any]], index: Any) -> None:
+    """Insert the rows (by `insert`), flush, and build the collection's indexes."""
+    insert(name, rows)
     client.flush(name)
     _create_index(client, name, index)
 
 
-def _insert(client: Any, name: str, rows: Iterable[dict[str, Any]]) -> None:
+def insert_rows(client: Any, name: str, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert the rows into the collection `name`, BATCH_ROWS at a time."""
     batch: list[dict[str, Any]] = []
     for row in rows:
         batch.append(row)
@@ -300,7 +405,9 @@ def _insert(client: Any, name: str, rows: Iterable[dict[str, Any]]) -> None:
         client.insert(name, batch)
 
 
-def _write_chunks(client: Any, name: str, data: st.VersionData, texts: list[tuple[str, str]]) -> None:
+def _write_chunks(
+    client: Any, name: str, insert: Insert, data: st.VersionData, texts: list[tuple[str, str]]
+) -> None:
     from pymilvus import DataType, Function, FunctionType
 
     schema = _schema(client)
@@ -352,10 +459,10 @@ def _write_chunks(client: Any, name: str, data: st.VersionData, texts: list[tupl
                 "facets": facets[chunk.doc_id],
             }
 
-    _fill(client, name, rows(), index)
+    _fill(client, name, insert, rows(), index)
 
 
-def _write_sentences(client: Any, name: str, data: st.VersionData) -> None:
+def _write_sentences(client: Any, name: str, insert: Insert, data: st.VersionData) -> None:
     from pymilvus import DataType
 
     schema = _schema(client)
@@ -381,10 +488,10 @@ def _write_sentences(client: Any, name: str, data: st.VersionData) -> None:
                 }
                 row += 1
 
-    _fill(client, name, rows(), index)
+    _fill(client, name, insert, rows(), index)
 
 
-def _write_documents(client: Any, name: str, data: st.VersionData) -> None:
+def _write_documents(client: Any, name: str, insert: Insert, data: st.VersionData) -> None:
     schema = _schema(client)
     _int(schema, "row", is_primary=True)
     _int(schema, "position")
@@ -427,10 +534,12 @@ def _write_documents(client: Any, name: str, data: st.VersionData) -> None:
                 }
                 row += 1
 
-    _fill(client, name, rows(), index)
+    _fill(client, name, insert, rows(), index)
 
 
-def _write_meta(client: Any, name: str, manifest: st.Manifest, words: WordFrequencies) -> None:
+def _write_meta(
+    client: Any, name: str, insert: Insert, manifest: st.Manifest, words: WordFrequencies
+) -> None:
     schema = _schema(client)
     _varchar(schema, "key", 256, is_primary=True)
     _varchar(schema, "name", 128)
@@ -447,7 +556,7 @@ def _write_meta(client: Any, name: str, manifest: st.Manifest, words: WordFreque
         for blob, value in blobs.items()
         for part, text in enumerate(_parts(json.dumps(value, ensure_ascii=False)))
     ]
-    _fill(client, name, rows, index)
+    _fill(client, name, insert, rows, index)
 
 
 def _parts(text: str) -> list[str]:
@@ -526,12 +635,12 @@ def _count(client: Any, name: str) -> int:
 # --- dropping versions ---------------------------------------------------------------------------
 
 
-def drop_unaliased(location: MilvusLocation) -> list[str]:
-    """Drop every version of the location's alias prefix that no alias points at (checked here:
-    milvus-lite would drop an aliased collection, and its alias with it). Returns the dropped version
-    ids, sorted. A reader of a dropped version fails from then on. Only for the one writer: a version
-    being published at the same moment (not yet aliased) would be dropped too."""
-    client = location.client()
+def drop_unaliased(location: MilvusLocation, keep: Iterable[str] = ()) -> list[str]:
+    """Drop every version of the location's alias prefix that no alias points at and that is not in
+    `keep` (checked here: milvus-lite would drop an aliased collection, and its alias with it). Returns
+    the dropped version ids, sorted. A reader of a dropped version fails from then on. Only for the one
+    writer: a version being published at the same moment (not yet aliased) would be dropped too."""
+    client = location.guarded_client(INDEX_TIMEOUT)
     try:
         aliased: set[str] = set()
         for alias in client.list_aliases().get("aliases", []):
@@ -549,7 +658,7 @@ def drop_unaliased(location: MilvusLocation) -> list[str]:
             for version_id, names in versions.items()
             if any(name in aliased for name in names) or location.collection(version_id, "chunks") in aliased
         }
-        dropped = sorted(set(versions) - live)
+        dropped = sorted(set(versions) - live - set(keep))
         for version_id in dropped:
             for name in versions[version_id]:
                 if name in aliased:  # checked again: never drop what an alias names
@@ -563,20 +672,22 @@ def drop_unaliased(location: MilvusLocation) -> list[str]:
 # --- reading a version ---------------------------------------------------------------------------
 
 
-def open_milvus_reader(location: MilvusLocation, model_name: str | None = None) -> MilvusStoreReader:
+def open_milvus_reader(
+    location: MilvusLocation, model_name: str | None = None, version_id: str | None = None
+) -> MilvusStoreReader:
     """See `MilvusStoreReader.open`."""
-    return MilvusStoreReader.open(location, model_name)
+    return MilvusStoreReader.open(location, model_name, version_id)
 
 
 class MilvusStoreReader:
     """The version the alias pointed at when opened (indexer.reader.StoreReader): it keeps the concrete
     collections' names, so a later alias switch does not change what it reads; its collections
-    dropped, its calls fail."""
+    dropped, its calls fail. Every call has a deadline; the engine failing is StoreUnavailableError."""
 
     def __init__(
         self,
         location: MilvusLocation,
-        client: Any,
+        client: GuardedClient,
         version_id: str,
         manifest: st.Manifest,
         words: WordFrequencies | None,
@@ -594,32 +705,34 @@ class MilvusStoreReader:
         self._document_rows = document_rows  # the documents collection's rows (parts of texts)
 
     @classmethod
-    def open(cls, location: MilvusLocation, model_name: str | None = None) -> MilvusStoreReader:
-        """The live version: NoVersionError when the alias names none, ModelMismatchError for another
-        model than `model_name`, StoreError when its collections are missing or their counts differ."""
-        client = location.client()
+    def open(
+        cls, location: MilvusLocation, model_name: str | None = None, version_id: str | None = None
+    ) -> MilvusStoreReader:
+        """The live version (or `version_id`): NoVersionError when the alias names none,
+        ModelMismatchError for another model than `model_name`, StoreError when its collections are
+        missing or their counts differ, StoreUnavailableError when the engine does not answer."""
+        client = location.guarded_client()
         try:
-            return cls._open(location, client, model_name)
+            return cls._open(location, client, model_name, version_id)
         except BaseException:
             client.close()
             raise
 
     @classmethod
-    def _open(cls, location: MilvusLocation, client: Any, model_name: str | None) -> MilvusStoreReader:
-        if location.alias not in client.list_aliases().get("aliases", []):
-            raise st.NoVersionError(f"no published version: the Milvus alias {location.alias!r} names none")
-        target = client.describe_alias(location.alias)["collection_name"]
-        prefix, suffix = location.alias + "_", "_chunks"
-        if not (target.startswith(prefix) and target.endswith(suffix)):
-            raise st.StoreError(
-                f"the alias {location.alias!r} names {target!r}, not a ragqa chunks collection"
-            )
-        version_id = target[len(prefix) : -len(suffix)]
+    def _open(
+        cls, location: MilvusLocation, client: GuardedClient, model_name: str | None, version_id: str | None
+    ) -> MilvusStoreReader:
+        if version_id is None:
+            version_id = live_version(location, client)
+            if version_id is None:
+                raise st.NoVersionError(
+                    f"no published version: the Milvus alias {location.alias!r} names none"
+                )
         names = {kind: location.collection(version_id, kind) for kind in KINDS}
         for name in names.values():
             if not client.has_collection(name):
                 raise st.version_damaged(_where(location), version_id, f"its collection {name} is missing")
-            client.load_collection(name)
+            client.load_collection(name, timeout=LOAD_TIMEOUT)
         manifest = st.Manifest.from_json(
             json.loads(_blob(client, names["meta"], "manifest")), f"the manifest of {version_id}"
         )

@@ -31,6 +31,7 @@ from indexer.embedding import Embedder, ModelInfo, load_embedder
 
 if TYPE_CHECKING:
     from indexer.distributed import RayWork
+    from indexer.milvus_store import MilvusLocation
 
 log = logging.getLogger("ragqa.indexer")
 
@@ -50,6 +51,7 @@ class IndexReport:
     skipped: list[dict[str, str]]
     seconds: float
     published: bool = True
+    exported: bool = False  # a Milvus store: the run made the local live commit Milvus's live version
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,82 +99,132 @@ def run_index(
 def _run_index(
     paths: list[Path], settings: IndexSettings, rebuild: bool, work: RayWork | None
 ) -> IndexReport:
-    started = time.perf_counter()
-    store = settings.store
-    sources, skipped = discover(paths)
+    store = settings.local_store
     with st.writer_lock(store, settings.lock_wait):
-        live, previous = None, None
-        if st.current_version_id(store) is not None:
-            previous = sg.migrate(store) or sg.read_commit(store)
-            if not rebuild:
-                live = sg.LiveStore.open(store)
-                st.check_model(store, live.manifest, settings.model)
+        report = _index(paths, settings, rebuild, work, store)
+        location = settings.milvus
+        if location is not None:
+            builder = _VersionBuilder(store, settings, work)
+            report.exported = _export(location, store, builder)
+            builder.cache.close()
+        return report
 
-        plan = _plan_documents(sources, live, int(settings.max_file_mb * 1024 * 1024), work)
-        plan.skipped[:0] = skipped
-        skipped_rows = [{"path": s.path, "reason": s.reason} for s in plan.skipped]
-        for s in plan.skipped:
-            log.warning("index.skipped", extra={"path": s.path, "reason": s.reason})
-        if not plan.kept and not plan.documents:
-            raise NothingToIndexError(
-                "nothing indexable found under "
-                + ", ".join(str(p) for p in paths)
-                + (f" ({len(plan.skipped)} files skipped)" if plan.skipped else "")
-            )
-        if live is not None and live.manifest.chunker != chunker_fingerprint(
-            settings, live.manifest.model.max_seq_length
-        ):
-            # other chunker settings: every document is chunked again, into one new segment
-            plan.documents[:0] = [live.document(doc_id) for doc_id in plan.kept]
-            plan.kept, live = [], None
 
-        removed = _removed(live, plan)
-        if live is not None and not plan.documents and not removed:
-            log.info("index.unchanged", extra={"version": live.commit.version})
-            return IndexReport(
-                version=live.commit.version,
-                documents=len(plan.kept),
-                chunks=live.manifest.counts.chunks,
-                embedded=0,
-                reused=live.manifest.counts.chunks,
-                removed=0,
-                skipped=skipped_rows,
-                seconds=round(time.perf_counter() - started, 3),
-                published=False,
-            )
+def _index(
+    paths: list[Path], settings: IndexSettings, rebuild: bool, work: RayWork | None, store: Path
+) -> IndexReport:
+    """The run on the local store (the caller holds its writer lock)."""
+    started = time.perf_counter()
+    sources, skipped = discover(paths)
+    live, previous = None, None
+    if st.current_version_id(store) is not None:
+        previous = sg.migrate(store) or sg.read_commit(store)
+        if not rebuild:
+            live = sg.LiveStore.open(store)
+            st.check_model(store, live.manifest, settings.model)
 
-        builder = _VersionBuilder(store, settings, work)
-        entries = _deleted(store, live, removed) if live is not None else []
-        manifest = live.manifest if live is not None else None
-        if plan.documents:
-            data = builder.build(plan)
-            average = live.average_length() if live is not None else None
-            entries.append(sg.write_segment(store, data, average_length=average))
-            manifest = data.manifest
-        assert manifest is not None
-        commit = sg.new_commit(manifest, entries)
-        sg.publish_commit(store, commit)
-        log.info("index.committed", extra={"version": commit.version, "segments": len(commit.segments)})
-        commit = _merge(store, commit, builder)
-        # the previous commit stays readable for a service still loading it
-        sg.collect_garbage(store, [commit] + ([previous] if previous is not None else []))
-        if removed:  # forget the vectors of chunks no segment holds any more
-            builder.cache.keep_only(settings.model, sg.LiveStore.open(store).chunk_hashes())
-        builder.cache.close()
+    plan = _plan_documents(sources, live, int(settings.max_file_mb * 1024 * 1024), work)
+    plan.skipped[:0] = skipped
+    skipped_rows = [{"path": s.path, "reason": s.reason} for s in plan.skipped]
+    for s in plan.skipped:
+        log.warning("index.skipped", extra={"path": s.path, "reason": s.reason})
+    if not plan.kept and not plan.documents:
+        raise NothingToIndexError(
+            "nothing indexable found under "
+            + ", ".join(str(p) for p in paths)
+            + (f" ({len(plan.skipped)} files skipped)" if plan.skipped else "")
+        )
+    if live is not None and live.manifest.chunker != chunker_fingerprint(
+        settings, live.manifest.model.max_seq_length
+    ):
+        # other chunker settings: every document is chunked again, into one new segment
+        plan.documents[:0] = [live.document(doc_id) for doc_id in plan.kept]
+        plan.kept, live = [], None
 
-        counts = commit.manifest.counts
-        report = IndexReport(
-            version=commit.version,
-            documents=counts.documents,
-            chunks=counts.chunks,
-            embedded=builder.embedded,
-            reused=counts.chunks - builder.embedded,
-            removed=len(removed) - len(plan.replaced),
+    removed = _removed(live, plan)
+    if live is not None and not plan.documents and not removed:
+        log.info("index.unchanged", extra={"version": live.commit.version})
+        return IndexReport(
+            version=live.commit.version,
+            documents=len(plan.kept),
+            chunks=live.manifest.counts.chunks,
+            embedded=0,
+            reused=live.manifest.counts.chunks,
+            removed=0,
             skipped=skipped_rows,
             seconds=round(time.perf_counter() - started, 3),
+            published=False,
         )
-        log.info("index.published", extra={k: v for k, v in report.as_dict().items() if k != "skipped"})
-        return report
+
+    builder = _VersionBuilder(store, settings, work)
+    entries = _deleted(store, live, removed) if live is not None else []
+    manifest = live.manifest if live is not None else None
+    if plan.documents:
+        data = builder.build(plan)
+        average = live.average_length() if live is not None else None
+        entries.append(sg.write_segment(store, data, average_length=average))
+        manifest = data.manifest
+    assert manifest is not None
+    commit = sg.new_commit(manifest, entries)
+    sg.publish_commit(store, commit)
+    log.info("index.committed", extra={"version": commit.version, "segments": len(commit.segments)})
+    commit = _merge(store, commit, builder)
+    # the previous commit stays readable for a service still loading it
+    sg.collect_garbage(store, [commit] + ([previous] if previous is not None else []))
+    if removed:  # forget the vectors of chunks no segment holds any more
+        builder.cache.keep_only(settings.model, sg.LiveStore.open(store).chunk_hashes())
+    builder.cache.close()
+
+    counts = commit.manifest.counts
+    report = IndexReport(
+        version=commit.version,
+        documents=counts.documents,
+        chunks=counts.chunks,
+        embedded=builder.embedded,
+        reused=counts.chunks - builder.embedded,
+        removed=len(removed) - len(plan.replaced),
+        skipped=skipped_rows,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    log.info("index.published", extra={k: v for k, v in report.as_dict().items() if k != "skipped"})
+    return report
+
+
+def _export(location: MilvusLocation, store: Path, builder: _VersionBuilder) -> bool:
+    """Make the local store's live commit the Milvus store's live version (of the same id): written
+    whole as a new version and switched to by its alias (indexer.milvus_store.publish_version), unless
+    the alias names it already. Versions that neither the alias nor the version it named before
+    this one use are dropped first (a version a killed run left half-written among them). With Ray
+    (and a Milvus server), the rows are written by the cluster's workers through a datasink."""
+    from indexer import milvus_store as ms
+
+    started = time.perf_counter()
+    commit = sg.read_commit(store)
+    client = location.guarded_client()
+    try:
+        live = ms.live_version(location, client)
+    finally:
+        client.close()
+    if live == commit.version:
+        return False
+    dropped = ms.drop_unaliased(location, keep=[live] if live else [])
+    data, _ = sg.merged_data(sg.LiveStore.open(store), range(len(commit.segments)), builder.prefix_of)
+    insert = None
+    if builder.work is not None and not location.is_lite:  # an embedded file is this process's alone
+        insert = builder.work.milvus_insert(location)
+    ms.publish_version(location, data, commit.version, insert)
+    log.info(
+        "index.exported",
+        extra={
+            "version": commit.version,
+            "previous": live,
+            "dropped": dropped,
+            "chunks": len(data.chunks),
+            "by": "ray datasink" if insert is not None else "driver",
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+    return True
 
 
 def _removed(live: sg.LiveStore | None, plan: _Plan) -> list[str]:

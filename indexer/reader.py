@@ -133,18 +133,60 @@ class StoreReader(Protocol):
 
 
 def open_reader(
-    store: Path,
+    store: str | Path,
     model_name: str | None = None,
     version_id: str | None = None,
     previous: StoreReader | None = None,
 ) -> StoreReader:
-    """The live version of the store at `store` (or `version_id`), loaded and checked; with
-    `model_name`, a version built with another model is a ModelMismatchError. NoVersionError when the
-    store has no published version, StoreError when the version is damaged. `previous`: the reader
-    being replaced (a hot reload), whose parts the new one shares where they are the same."""
+    """The live version of the store `store` names (or `version_id`), loaded and checked: a folder is a
+    local store, a Milvus setting (indexer.milvus_store.parse_location) a Milvus one. With `model_name`,
+    a version built with another model is a ModelMismatchError. NoVersionError when the store has no
+    published version, StoreError when the version is damaged, StoreUnavailableError when its engine
+    does not answer. `previous`: the reader being replaced (a hot reload), whose parts the new one
+    shares where they are the same (a local store's unchanged segments)."""
+    location = _milvus(store)
+    if location is not None:
+        from indexer.milvus_store import open_milvus_reader
+
+        return open_milvus_reader(location, model_name, version_id)
     return LocalStoreReader.open(
-        store, model_name, version_id, previous if isinstance(previous, LocalStoreReader) else None
+        Path(store), model_name, version_id, previous if isinstance(previous, LocalStoreReader) else None
     )
+
+
+class VersionWatch:
+    """Which version of a store is live, asked again at each `live()`: a local store's CURRENT, or the
+    version a Milvus alias names (through one client, kept open between calls)."""
+
+    def __init__(self, store: str | Path) -> None:
+        self.store = store
+        self._location = _milvus(store)
+        self._client: Any = None
+
+    def live(self) -> str | None:
+        """The live version's id (None: nothing published yet); StoreUnavailableError when a Milvus
+        engine does not answer."""
+        if self._location is None:
+            return st.current_version_id(Path(self.store))
+        from indexer.milvus_store import live_version
+
+        if self._client is None:
+            self._client = self._location.guarded_client()
+        return live_version(self._location, self._client)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _milvus(store: str | Path) -> Any:
+    """The Milvus location a store setting names, None for a folder (Path: always a folder)."""
+    if isinstance(store, Path):
+        return None
+    from indexer.milvus_store import parse_location
+
+    return parse_location(store)
 
 
 class Segment:

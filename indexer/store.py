@@ -100,6 +100,11 @@ class NoVersionError(StoreError):
     pass
 
 
+class StoreUnavailableError(StoreError):
+    """The store's engine (a Milvus server) cannot be reached or failed to answer in time: the service
+    says not ready (503) until it answers again."""
+
+
 @dataclass(frozen=True)
 class DocumentRecord:
     doc_id: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from indexer import logs
 from service.config import ServiceSettings
@@ -46,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     serve_with_jemalloc(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ragqa-serve", description="Serve ragqa's HTTP API and chat page.")
-    parser.add_argument("--store", type=Path, help="store folder (default: $RAGQA_STORE or var/store)")
+    parser.add_argument(
+        "--store", help="store folder or Milvus store (default: $RAGQA_STORE or var/store; docs/scale-out.md)"
+    )
     parser.add_argument("--host", help="address to listen on (default: $RAGQA_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: $RAGQA_PORT or 8000)")
     parser.add_argument("--log-level", default="INFO", help="log level (JSON lines on stderr)")

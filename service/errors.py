@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexer.store import StoreUnavailableError
 from service import writes
 from service.holder import NotReadyError
 from service.schemas import ErrorResponse
@@ -18,7 +19,7 @@ from service.schemas import ErrorResponse
 # The error responses the routes document (`responses=`), beside their own.
 READ_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "invalid input"},
-    503: {"model": ErrorResponse, "description": "no index loaded yet"},
+    503: {"model": ErrorResponse, "description": "no index loaded yet, or the store does not answer"},
 }
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no valid API key"},
@@ -30,6 +31,7 @@ def add_error_handlers(app: FastAPI) -> None:
     app.exception_handler(RequestValidationError)(invalid)
     app.exception_handler(writes.UploadError)(bad_upload)
     app.exception_handler(NotReadyError)(not_ready)
+    app.exception_handler(StoreUnavailableError)(not_ready)
     app.exception_handler(StarletteHTTPException)(http_error)
 
 
@@ -57,7 +59,9 @@ async def bad_upload(request: Request, exc: writes.UploadError) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
-async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
+async def not_ready(request: Request, exc: Exception) -> JSONResponse:
+    """503: no index loaded yet (NotReadyError), or the store's engine failed during the request
+    (StoreUnavailableError: a Milvus server down, unreachable or too slow)."""
     return JSONResponse({"error": f"not ready: {exc}"}, status_code=503)
 
 

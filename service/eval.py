@@ -224,15 +224,18 @@ def default_store(dataset: Dataset) -> Path:
     return EVAL_ROOT / f"{dataset.name}-{key}" / "store"
 
 
-def index_corpus(sources: list[Path], store: Path) -> IndexReport:
+def index_corpus(sources: list[Path], store: str | Path, work_store: Path | None = None) -> IndexReport:
     """Index in process into `store` (incremental: a rerun over an unchanged corpus embeds and
-    publishes nothing). Shared with the benchmarks."""
+    publishes nothing); a Milvus store with `work_store` as the indexer's local store. Shared with the
+    benchmarks."""
     from indexer import logs
     from indexer.config import IndexSettings
     from indexer.pipeline import run_index
 
     logs.configure("WARNING")
     overrides: dict[str, Any] = {"store": store}
+    if work_store is not None:
+        overrides["work_store"] = work_store
     return run_index(sources, IndexSettings(**overrides))
 
 
@@ -502,7 +505,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on the last line")
     parser.add_argument(
-        "--store", type=Path, help="store to index into and serve (default: a cache in var/eval)"
+        "--store",
+        help="store to index into and serve (default: a cache in var/eval); a Milvus store "
+        "(docs/scale-out.md) is exported from that cache",
     )
     parser.add_argument("--url", help="ask a running service instead of starting one (no indexing)")
     parser.add_argument(
@@ -625,9 +630,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            store = args.store or default_store(dataset)
+            store: str | Path = args.store or default_store(dataset)
+            cache = default_store(dataset) if args.store and "://" in args.store else None
             print(f"ragqa-eval: indexing {dataset.corpus} into {store}", file=sys.stderr, flush=True)
-            index_corpus([dataset.corpus], store)
+            index_corpus([dataset.corpus], store, cache)
             with running_service(store) as service:  # its log in a temporary file
                 result = evaluate(args, dataset, service.url)
             result["store"] = str(store)

@@ -1,6 +1,10 @@
 """Hot reload: the service serves the store's live version and swaps in a newer one when the
-indexer publishes it. A new version is loaded completely in the background before the swap; a request
-keeps the version it started with until it ends, so none fails across a re-index."""
+indexer publishes it (a local store's CURRENT, or a Milvus alias switched to a new version). A new
+version is loaded completely in the background before the swap; a request keeps the version it started
+with until it ends, so none fails across a re-index.
+
+A store whose engine stops answering (a Milvus server down or unreachable) makes the service not
+ready: /readyz and every read answer 503 with the reason until the engine answers again."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import threading
 from pathlib import Path
 
 from indexer import store as st
+from indexer.reader import VersionWatch
 from service.index import LoadedIndex
 
 log = logging.getLogger("ragqa.service")
@@ -19,25 +24,29 @@ class NotReadyError(Exception):
 
 
 class IndexHolder:
-    def __init__(self, store: Path, model_name: str, interval: float) -> None:
+    def __init__(self, store: str | Path, model_name: str, interval: float) -> None:
         self.store = store
         self.model_name = model_name
         self.interval = interval
         self.last_error: str | None = None
+        self.unavailable: str | None = None  # why the store's engine does not answer, while it does not
         self._current: LoadedIndex | None = None
+        self._watch = VersionWatch(store)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="ragqa-reload", daemon=True)
+        self._thread = threading.Thread(target=self._watch_store, name="ragqa-reload", daemon=True)
 
     @property
     def current(self) -> LoadedIndex:
         index = self._current
+        if self.unavailable is not None:
+            raise NotReadyError(self.unavailable)
         if index is None:
             raise NotReadyError(self.last_error or f"no index in {self.store} yet: run ragqa-index first")
         return index
 
     @property
     def ready(self) -> bool:
-        return self._current is not None
+        return self._current is not None and self.unavailable is None
 
     def start(self) -> None:
         self.refresh()
@@ -47,24 +56,50 @@ class IndexHolder:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self._watch.close()
 
     def refresh(self) -> bool:
-        """Load the store's live version if it is not the one served; True when it swapped."""
-        version_id = st.current_version_id(self.store)
-        if version_id is None or (self._current is not None and self._current.version_id == version_id):
+        """Load the store's live version if it is not the one served; True when it swapped. Also how
+        the service notices its store's engine going down and coming back: back after an outage, the
+        live version is opened afresh, as a restarted engine may have released its collections."""
+        try:
+            version_id = self._watch.live()
+        except st.StoreError as exc:  # the engine down or unreachable, or an alias naming no version
+            self._unavailable(exc)
+            return False
+        recovered = self.unavailable is not None
+        served = self._current.version_id if self._current is not None else None
+        if version_id is None or (version_id == served and not recovered):
+            self._available()
             return False
         try:
             index = LoadedIndex.load(self.store, self.model_name, version_id, previous=self._current)
+        except st.StoreUnavailableError as exc:
+            self._unavailable(exc)
+            return False
         except Exception as exc:  # keep serving what we have; say why on /readyz and in the log
+            self._available()
             self.last_error = f"could not load index version {version_id}: {exc}"
             log.error("index.load_failed", extra={"version": version_id, "error": str(exc)})
             return False
-        previous = self._current.version_id if self._current is not None else None
         self._current = index
+        self._available()
         self.last_error = None
-        log.info("index.loaded", extra={"version": version_id, "previous": previous})
+        log.info("index.loaded", extra={"version": version_id, "previous": served})
         return True
 
-    def _watch(self) -> None:
+    def _unavailable(self, exc: Exception) -> None:
+        if self.unavailable is None:
+            log.error("index.store_unavailable", extra={"store": str(self.store), "error": str(exc)})
+        what = "does not answer" if isinstance(exc, st.StoreUnavailableError) else "names no version"
+        self.unavailable = self.last_error = f"the store {what}: {exc}"
+        self._watch.close()  # a new connection next time
+
+    def _available(self) -> None:
+        if self.unavailable is not None:
+            log.info("index.store_available", extra={"store": str(self.store)})
+            self.unavailable = self.last_error = None
+
+    def _watch_store(self) -> None:
         while not self._stop.wait(self.interval):
             self.refresh()

@@ -29,7 +29,11 @@ class LoadedIndex:
 
     @classmethod
     def load(
-        cls, store: Path, model_name: str, version_id: str | None = None, previous: LoadedIndex | None = None
+        cls,
+        store: str | Path,
+        model_name: str,
+        version_id: str | None = None,
+        previous: LoadedIndex | None = None,
     ) -> LoadedIndex:
         """The live version of `store` (or `version_id`); a version built with another model than
         `model_name` is a ModelMismatchError, a damaged one a StoreError. `previous`: the index being

@@ -29,7 +29,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def service_command(store: Path, port: int, log_level: str = "INFO") -> list[str]:
+def service_command(store: str | Path, port: int, log_level: str = "INFO") -> list[str]:
     """`python -m service.cli` for `store` on 127.0.0.1:`port`."""
     command = [sys.executable, "-m", "service.cli", "--store", str(store), "--host", "127.0.0.1"]
     return [*command, "--port", str(port), "--log-level", log_level]
@@ -143,7 +143,7 @@ def running_process(
 
 @contextmanager
 def running_service(
-    store: Path,
+    store: str | Path,
     log: Path | None = None,
     log_level: str = "INFO",
     env: Mapping[str, str] | None = None,

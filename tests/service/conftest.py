@@ -147,7 +147,7 @@ def server_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def start_server(store: Path, log: Path, ready_path: str = "/healthz", **settings: str) -> Server:
+def start_server(store: str | Path, log: Path, ready_path: str = "/healthz", **settings: str) -> Server:
     """`python -m service.cli --store STORE` on a free port; returns once `ready_path` answers 200
     (/healthz: the process serves, with or without an index; /readyz: an index is loaded)."""
     port = free_port()
