@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from indexer import logs
-from indexer.config import IndexSettings
+from indexer.config import IndexSettings, settings_error
 from indexer.distributed import RayUnavailableError
 from indexer.documents import PathNotFoundError
 from indexer.embedding import ModelLoadError
@@ -64,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in {"store": args.store, "model": args.model, "lock_wait": args.wait}.items()
         if value is not None
     }
-    settings = IndexSettings(**overrides)
+    try:
+        settings = IndexSettings(**overrides)
+    except ValidationError as exc:
+        print(f"ragqa-index: {settings_error(exc)}", file=sys.stderr)
+        return EXIT_NOTHING
     try:
         report = run_index(list(args.paths), settings, rebuild=args.rebuild, ray_address=args.ray)
     except (

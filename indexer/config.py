@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.embedding import DEFAULT_MODEL
@@ -63,3 +63,13 @@ class IndexSettings(BaseSettings):
     def local_store(self) -> Path:
         """The local store folder the indexer writes: the store itself, or with Milvus `work_store`."""
         return self.work_store if self.milvus is not None else Path(self.store)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A settings error in one line a person can read: which setting, and what is wrong with it."""
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(p) for p in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"RAGQA_{name.upper()}: {message}")
+    return "invalid settings: " + "; ".join(problems)

@@ -65,6 +65,8 @@ from indexer import store as st
 from indexer.filters import ChunkFilter, value_key
 from indexer.text import WORDS_SPEC, WordFrequencies, word_frequencies
 
+log = logging.getLogger("ragqa.indexer")
+
 TOKEN_VARIABLE = "RAGQA_MILVUS_TOKEN"
 DEFAULT_ALIAS = "ragqa"
 DEFAULT_PORT = 19530
@@ -282,11 +284,13 @@ def publish_version(
     if not _VERSION.match(version_id):
         raise ValueError(f"a version id of letters and digits only, not {version_id!r}")
     st.check_consistent(data)  # what the local writer refuses, refused here too
-    index = replace(data.manifest.index, dense=DENSE_INDEX, bm25=LEXICAL_INDEX)
-    manifest = replace(data.manifest, version=version_id, index=index)
     client = location.guarded_client(INDEX_TIMEOUT)
     names = {kind: location.collection(version_id, kind) for kind in KINDS}
     try:
+        lexical = LEXICAL_INDEX if has_bm25(client) else f"none: {NO_BM25}"
+        index = replace(data.manifest.index, dense=DENSE_INDEX, bm25=lexical)
+        manifest = replace(data.manifest, version=version_id, index=index)
+        data = replace(data, manifest=manifest)
         for name in names.values():
             if client.has_collection(name):
                 raise st.StoreError(f"version {version_id} already exists in Milvus ({name})")
@@ -305,6 +309,19 @@ def publish_version(
         return names["chunks"]
     finally:
         client.close()
+
+
+NO_BM25 = "this Milvus server has no BM25 function (it came in Milvus 2.5): lexical retrieval is off"
+
+
+def has_bm25(client: GuardedClient) -> bool:
+    """Whether the engine has the BM25 function and sparse vectors: milvus-lite, or Milvus 2.5 or later
+    (Milvus 2.3 has neither; an unknown version string counts as having them)."""
+    version = str(client.get_server_version())
+    found = re.match(r"v?(\d+)\.(\d+)", version)
+    if version.startswith("milvus_lite") or found is None:
+        return True
+    return (int(found.group(1)), int(found.group(2))) >= (2, 5)
 
 
 def _write_version(
@@ -413,10 +430,13 @@ def _write_chunks(
     schema = _schema(client)
     _int(schema, "chunk_id", is_primary=True)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=data.manifest.model.dimension)
-    _varchar(
-        schema, "text", enable_analyzer=True, analyzer_params=_analyzer(data.manifest.index.lexical_tokenizer)
-    )
-    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    bm25 = data.manifest.index.bm25 == LEXICAL_INDEX
+    if bm25:
+        analyzer = _analyzer(data.manifest.index.lexical_tokenizer)
+        _varchar(schema, "text", enable_analyzer=True, analyzer_params=analyzer)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    else:
+        _varchar(schema, "text")
     _int(schema, "text_start")
     _varchar(schema, "doc_id")
     _int(schema, "start")
@@ -425,17 +445,17 @@ def _write_chunks(
     _varchar(schema, "hash", 128)
     _varchar(schema, "source")
     _json(schema, "facets")
-    schema.add_function(
-        Function(
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": 16, "efConstruction": 200})
+    if bm25:
+        function = Function(
             name="bm25",
             function_type=FunctionType.BM25,
             input_field_names=["text"],
             output_field_names=["sparse"],
         )
-    )
-    index = client.prepare_index_params()
-    index.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": 16, "efConstruction": 200})
-    index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        schema.add_function(function)
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
     client.create_collection(name, schema=schema)
     documents = {d.doc_id: d for d in data.documents}
     facets = {d.doc_id: _facets(d.metadata) for d in data.documents}
@@ -703,6 +723,7 @@ class MilvusStoreReader:
         self._chunk_count = manifest.counts.chunks
         self._document_count = manifest.counts.documents
         self._document_rows = document_rows  # the documents collection's rows (parts of texts)
+        self._has_bm25 = manifest.index.bm25 == LEXICAL_INDEX  # else written to a server without BM25
 
     @classmethod
     def open(
@@ -756,6 +777,8 @@ class MilvusStoreReader:
         if int(documents[0]["count(*)"]) != counts.documents:
             raise st.version_damaged(_where(location), version_id, "its documents do not match its manifest")
         rows = _count(client, names["documents"])
+        if manifest.index.bm25 != LEXICAL_INDEX:
+            log.warning("milvus.no_bm25", extra={"version": version_id, "index": manifest.index.bm25})
         raw = json.loads(_blob(client, names["meta"], "words"))
         words = None
         if raw.get("words") == WORDS_SPEC:
@@ -962,7 +985,8 @@ class MilvusStoreReader:
         return found
 
     def lexical(self, text: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
-        if k <= 0 or not text.strip():
+        """As StoreReader's; [] for a version written to a server without BM25 (Milvus < 2.5)."""
+        if k <= 0 or not text.strip() or not self._has_bm25:
             return []
         expression, among = self._allowed(allowed)
         limit = min(k, among, MAX_TOP_K)

@@ -6,7 +6,10 @@ import argparse
 import os
 import sys
 
+from pydantic import ValidationError
+
 from indexer import logs
+from indexer.config import settings_error
 from service.config import ServiceSettings
 
 JEMALLOC = (
@@ -54,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     overrides = {k: v for k, v in {"store": args.store, "host": args.host, "port": args.port}.items() if v}
-    settings = ServiceSettings(**overrides)
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:
+        print(f"ragqa-serve: {settings_error(exc)}", file=sys.stderr)
+        return 2
     logs.configure(args.log_level)
 
     import uvicorn

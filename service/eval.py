@@ -21,6 +21,7 @@ import random
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -224,19 +225,29 @@ def default_store(dataset: Dataset) -> Path:
     return EVAL_ROOT / f"{dataset.name}-{key}" / "store"
 
 
-def index_corpus(sources: list[Path], store: str | Path, work_store: Path | None = None) -> IndexReport:
-    """Index in process into `store` (incremental: a rerun over an unchanged corpus embeds and
-    publishes nothing); a Milvus store with `work_store` as the indexer's local store. Shared with the
-    benchmarks."""
+def index_corpus(sources: list[Path], store: str | Path) -> IndexReport:
+    """Index in process into the local store `store` (incremental: a rerun over an unchanged corpus
+    embeds and publishes nothing). Shared with the benchmarks."""
     from indexer import logs
     from indexer.config import IndexSettings
     from indexer.pipeline import run_index
 
     logs.configure("WARNING")
     overrides: dict[str, Any] = {"store": store}
-    if work_store is not None:
-        overrides["work_store"] = work_store
     return run_index(sources, IndexSettings(**overrides))
+
+
+def index_into_milvus(sources: list[Path], store: str, work_store: Path) -> dict[str, Any]:
+    """Index into the Milvus store `store` from the local store `work_store` (incremental as
+    `index_corpus`), by `ragqa-index` in a process of its own, as a deployment's indexer: an embedded
+    milvus-lite file is opened by one process at a time, and the service is another. Its report."""
+    command = [sys.executable, "-m", "indexer.cli", *map(str, sources), "--store", store, "--json"]
+    env = {**os.environ, "RAGQA_WORK_STORE": str(work_store)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"ragqa-index failed: {result.stderr.strip()[-2000:]}")
+    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
 
 
 # --- asking --------------------------------------------------------------------------------------
@@ -631,9 +642,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             store: str | Path = args.store or default_store(dataset)
-            cache = default_store(dataset) if args.store and "://" in args.store else None
             print(f"ragqa-eval: indexing {dataset.corpus} into {store}", file=sys.stderr, flush=True)
-            index_corpus([dataset.corpus], store, cache)
+            if isinstance(store, str) and "://" in store:  # Milvus, exported from the default cache
+                index_into_milvus([dataset.corpus], store, default_store(dataset))
+            else:
+                index_corpus([dataset.corpus], store)
             with running_service(store) as service:  # its log in a temporary file
                 result = evaluate(args, dataset, service.url)
             result["store"] = str(store)

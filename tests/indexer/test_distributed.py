@@ -1,8 +1,11 @@
 """`ragqa-index --ray`: loading, chunking and embedding fanned out on a real local Ray (2 CPUs), giving
-the store the plain indexer gives; and without --ray nothing imports Ray."""
+the store the plain indexer gives, and with a Milvus server as the store, the same version written into
+Milvus by Ray write tasks (indexer.milvus_datasink); without --ray nothing imports Ray."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,8 @@ import pytest
 
 from indexer.config import IndexSettings
 from indexer.pipeline import run_index
-from indexer.reader import open_reader
+from indexer.reader import StoreReader, open_reader
+from service.processes import LiteServer
 from tests.indexer.helpers import REPO, last_json, run_cli, write_corpus
 
 
@@ -32,9 +36,18 @@ def test_an_index_run_on_ray_writes_the_store_the_plain_run_writes(tmp_path: Pat
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.7 not really")
     plain = run_index([corpus], IndexSettings(store=tmp_path / "plain", lock_wait=0))
 
-    result = run_cli(corpus, "--store", tmp_path / "ray", "--json", "--ray")
-    assert result.returncode == 0, result.stderr[-2000:]
+    # into a Milvus server (through the Ray datasink) and the local store it is exported from
+    with LiteServer(tmp_path / "milvus") as engine:
+        env = {**os.environ, "RAGQA_WORK_STORE": str(tmp_path / "ray")}
+        result = run_cli(corpus, "--store", engine.store, "--json", "--ray", "--log-level", "INFO", env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        exported = [json.loads(line) for line in result.stderr.splitlines() if '"index.exported"' in line]
+        assert [e["by"] for e in exported] == ["ray datasink"]
+        milvus = open_reader(engine.store)
+        assert_same_version(open_reader(tmp_path / "ray"), milvus)
+        milvus.close()  # type: ignore[attr-defined]
     report = last_json(result.stdout)
+    assert report["exported"]
     assert report["documents"] == plain.documents and report["chunks"] == plain.chunks
     assert report["embedded"] == report["chunks"]  # a fresh store: every chunk embedded, on Ray
     assert [s["path"] for s in report["skipped"]] == [s["path"] for s in plain.skipped]
@@ -47,3 +60,22 @@ def test_an_index_run_on_ray_writes_the_store_the_plain_run_writes(tmp_path: Pat
     for chunk_id in ids[:5]:
         assert np.allclose(a.sentence_vectors_of(chunk_id), b.sentence_vectors_of(chunk_id), atol=1e-3)
     assert [d.doc_id for d in a.documents()] == [d.doc_id for d in b.documents()]
+
+
+def assert_same_version(local: StoreReader, milvus: StoreReader) -> None:
+    """The Milvus version holds what the local store's live commit holds (chunk ids may differ: a
+    local store's skip deleted chunks, a Milvus version's run 0..n-1)."""
+    assert [d.doc_id for d in milvus.documents()] == [d.doc_id for d in local.documents()]
+    assert [d.text for d in milvus.documents()] == [d.text for d in local.documents()]
+    local_chunks, milvus_chunks = list(local.chunk_records()), list(milvus.chunk_records())
+    strip = [(c.doc_id, c.start, c.end, c.sentences, c.hash) for c in local_chunks]
+    assert [(c.doc_id, c.start, c.end, c.sentences, c.hash) for c in milvus_chunks] == strip
+    assert np.allclose(
+        milvus.chunk_vectors([c.chunk_id for c in milvus_chunks]),
+        local.chunk_vectors([c.chunk_id for c in local_chunks]),
+        atol=1e-6,
+    )
+    for a, b in list(zip(local_chunks, milvus_chunks, strict=True))[:5]:
+        assert np.allclose(
+            milvus.sentence_vectors_of(b.chunk_id), local.sentence_vectors_of(a.chunk_id), atol=1e-6
+        )

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from indexer import milvus_store as ms
 from indexer import store as st
 from indexer.filters import ChunkFilter
 from indexer.reader import StoreReader, open_reader
-from service.processes import free_port
+from service.processes import LiteServer
 from tests.indexer.test_segments import PARTS, commit_of
 from tests.indexer.test_store_format import TEXTS, synthetic
 
@@ -70,37 +70,6 @@ class Pair:
     data: st.VersionData
 
 
-@contextmanager
-def lite_server(data_dir: Path) -> Iterator[str]:
-    """`milvus-lite server` in a process of its own on 127.0.0.1 (a real gRPC server, as a Milvus
-    deployment is reached): its location."""
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir", str(data_dir)]
-    process = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"milvus-lite server did not listen on {port}") from None
-                time.sleep(0.1)
-        yield f"milvus://127.0.0.1:{port}/ragqa"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module", params=["embedded", "server"])
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """The local store and the same version in milvus-lite: embedded in this process, or a
@@ -110,7 +79,7 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         if request.param == "embedded":
             uri = f"milvus-lite://{root / 'store.db'}"
         else:
-            uri = stack.enter_context(lite_server(root / "server-data"))
+            uri = stack.enter_context(LiteServer(root / "server-data")).store
         yield from _pair(root, uri)
 
 
@@ -145,7 +114,13 @@ def test_parse_location(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "secret" not in repr(server)
     tls = ms.parse_location("milvus+tls://milvus.internal")
     assert tls is not None and (tls.uri, tls.alias) == ("https://milvus.internal:19530", "ragqa")
+    assert tls.timeout == ms.CALL_TIMEOUT
+    quick = ms.parse_location("milvus://host/live?timeout=2.5")
+    assert quick is not None and (quick.alias, quick.timeout) == ("live", 2.5)
     for bad, says in [
+        ("milvus://host/ragqa?timeout=0", "timeout"),
+        ("milvus://host/ragqa?timeout=soon", "timeout"),
+        ("milvus://host/ragqa?alias=x", "unknown options"),
         ("milvus://user:pw@host:19530/ragqa", "RAGQA_MILVUS_TOKEN"),
         ("milvus-lite://relative.db", "absolute"),
         ("milvus-lite:///abs/file.sqlite", ".db"),
@@ -351,6 +326,45 @@ def test_a_failed_publish_leaves_nothing_behind(tmp_path: Path, monkeypatch: pyt
         ms.publish_version(location, synthetic(PARTS["c"]), "no-dashes")
 
 
+def test_a_failed_verification_never_switches_the_alias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = ms.parse_location(f"milvus-lite://{tmp_path / 'store.db'}")
+    assert location is not None
+    ms.publish_version(location, synthetic(PARTS["c"]), V1)
+    counted = ms._count
+
+    def one_row_short(client: object, name: str) -> int:  # as if a write had been lost
+        return counted(client, name) - (1 if name.endswith("_chunks") else 0)
+
+    monkeypatch.setattr(ms, "_count", one_row_short)
+    with pytest.raises(st.StoreError, match="rows after writing"):
+        ms.publish_version(location, synthetic(PARTS["b"]), V2)
+    monkeypatch.undo()
+    reader = ms.MilvusStoreReader.open(location)
+    assert reader.version_id == V1 and [d.doc_id for d in reader.documents()] == ["c0"]
+    reader.close()
+    client = location.client()
+    try:
+        assert not [name for name in client.list_collections() if V2 in name]  # nothing of it left
+    finally:
+        client.close()
+
+
+def test_an_unreachable_engine_is_store_unavailable_within_the_timeout() -> None:
+    """A listener that accepts connections and never answers (a server hung, or a network that drops
+    replies): connecting gives up after the setting's timeout, with StoreUnavailableError."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        location = ms.parse_location(f"milvus://127.0.0.1:{silent.getsockname()[1]}/ragqa?timeout=1")
+        assert location is not None
+        started = time.monotonic()
+        with pytest.raises(st.StoreUnavailableError, match="127.0.0.1"):
+            ms.MilvusStoreReader.open(location)
+        assert time.monotonic() - started < 5
+
+
 def test_importing_the_module_needs_no_pymilvus() -> None:
     code = (
         "import sys; sys.modules['pymilvus'] = None; sys.modules['milvus_lite'] = None\n"
@@ -359,3 +373,23 @@ def test_importing_the_module_needs_no_pymilvus() -> None:
         "assert ms.parse_location('/var/store') is None\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_the_store_setting_chooses_the_backend(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from indexer.config import IndexSettings
+
+    milvus = IndexSettings(store="milvus://milvus.internal/live", work_store=tmp_path / "work")
+    assert milvus.milvus is not None and milvus.milvus.alias == "live"
+    assert milvus.local_store == tmp_path / "work"  # the indexer's own copy, exported to Milvus
+    local = IndexSettings(store=tmp_path / "store")
+    assert local.milvus is None and local.local_store == tmp_path / "store"
+    with pytest.raises(ValidationError, match="alias"):
+        IndexSettings(store="milvus://milvus.internal/bad-alias")
+    result = subprocess.run(
+        [sys.executable, "-m", "indexer.cli", "--store", "milvus+tls://host/x?timeout=never"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("ragqa-index: invalid settings: RAGQA_STORE")

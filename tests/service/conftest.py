@@ -103,7 +103,7 @@ class Server:
     """A running `ragqa-serve` process (service.processes.RunningProcess) and a client bound to it."""
 
     running: RunningProcess
-    store: Path
+    store: str | Path
     client: httpx.Client
 
     @property
@@ -385,7 +385,7 @@ def server(
         early = launch_session_server(tmp_path_factory.mktemp("session-server"))
     running = early.future.result()
     try:
-        publish_copy(store, running.store)
+        publish_copy(store, Path(running.store))
         running.wait_for("/readyz")  # answered 503 until the store was there: not the tests' doing
         before = server_errors(running.statuses())
         yield running

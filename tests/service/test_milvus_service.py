@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.lite_server import LiteServer
+from service.processes import LiteServer
 from tests.service.conftest import REPO, Server, server_env, start_server, stop_server, wait_until
 from tests.service.test_reload import RELOAD_WITHIN, Traffic, searchable
 

@@ -102,7 +102,7 @@ def test_hot_reload_fails_no_request(server: Server, sources: list[Path], tmp_pa
             time.sleep(0.5)
             for name, text in documents:
                 (added / name).write_text(text, encoding="utf-8")
-                report = index([*sources, added], server.store)
+                report = index([*sources, added], Path(server.store))
                 assert report.published and report.version not in published + [first]
                 published.append(report.version)
                 doc_id, word = name, name.removesuffix(".md")
@@ -114,7 +114,7 @@ def test_hot_reload_fails_no_request(server: Server, sources: list[Path], tmp_pa
                 assert client.get("/readyz").json()["index_version"] == report.version
             time.sleep(0.5)
     finally:  # the session's documents again, whatever happened
-        restored = index(sources, server.store)
+        restored = index(sources, Path(server.store))
         wait_until(
             lambda: client.get("/readyz").json()["index_version"] == restored.version,
             RELOAD_WITHIN,
