@@ -10,8 +10,9 @@ One version is four collections, `<alias>_<version_id>_<kind>`:
                 prefix and then the chunk's text; analyzer = standard tokenizer, lowercase, the
                 manifest's stopwords), sparse (SPARSE_FLOAT_VECTOR from a BM25 Function on text,
                 SPARSE_INVERTED_INDEX, metric BM25), text_start (where the chunk's own text starts in
-                text), doc_id, start, end, sentences (JSON [[start, end], ...]), hash, source and
-                facets (JSON: the document's metadata as typed keys, for filters; see `_facets`)
+                text), doc_id, start, end, sentences (JSON {"spans": [[start, end], ...]}: Milvus 2.3
+                takes only objects), hash, source and facets (JSON: the document's metadata as typed
+                keys, for filters; see `_facets`)
     sentences   row (INT64, primary: the sentence's row in the version), chunk_id, position (its
                 index among the chunk's sentences), vector (FLOAT_VECTOR, FLAT)
     documents   row (INT64, primary: rows in document order, a document's text parts consecutive),
@@ -52,11 +53,13 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -64,6 +67,9 @@ import numpy as np
 from indexer import store as st
 from indexer.filters import ChunkFilter, value_key
 from indexer.text import WORDS_SPEC, WordFrequencies, word_frequencies
+
+if TYPE_CHECKING:
+    from cachetools import LRUCache
 
 log = logging.getLogger("ragqa.indexer")
 
@@ -78,6 +84,11 @@ PAGE_ROWS = 1_000  # rows a query returns at once when paging
 ID_PAGE_ROWS = 16_384  # ... when it returns only chunk ids
 MAX_TOP_K = 16_384  # Milvus's limit on a search's k
 PAD_DIMENSION = 2
+# What a reader keeps of what it read (a version is immutable, so nothing goes stale): a request reads
+# the same documents, chunks and sentence vectors several times, and each read is a round trip.
+DOCUMENT_CACHE_BYTES = 64 * 2**20  # documents' texts (UTF-8 bytes counted as characters)
+CHUNK_CACHE = 65_536  # chunk records and texts
+SENTENCE_CACHE = 8_192  # chunks' sentence vectors (~5 KiB each at 384 dimensions)
 INDEX_TIMEOUT = 600.0  # seconds a publish waits for an index to be built (and for any one call)
 CALL_TIMEOUT = 10.0  # seconds a read (or connecting) may take before the store counts as unavailable
 LOAD_TIMEOUT = 300.0  # seconds opening a version may wait for its collections to load
@@ -473,7 +484,7 @@ def _write_chunks(
                 "doc_id": chunk.doc_id,
                 "start": chunk.start,
                 "end": chunk.end,
-                "sentences": [list(s) for s in chunk.sentences],
+                "sentences": {"spans": [list(s) for s in chunk.sentences]},  # Milvus 2.3: objects only
                 "hash": chunk.hash,
                 "source": documents[chunk.doc_id].source,
                 "facets": facets[chunk.doc_id],
@@ -724,6 +735,14 @@ class MilvusStoreReader:
         self._document_count = manifest.counts.documents
         self._document_rows = document_rows  # the documents collection's rows (parts of texts)
         self._has_bm25 = manifest.index.bm25 == LEXICAL_INDEX  # else written to a server without BM25
+        from cachetools import LRUCache
+
+        self._cache_lock = threading.Lock()  # cachetools' caches are not thread-safe
+        self._documents: LRUCache[str, st.DocumentRecord | None] = LRUCache(
+            DOCUMENT_CACHE_BYTES, getsizeof=lambda d: 1 + (len(d.text) if d is not None else 0)
+        )
+        self._chunks: LRUCache[tuple[int, str], Any] = LRUCache(CHUNK_CACHE)
+        self._sentences: LRUCache[int, np.ndarray] = LRUCache(SENTENCE_CACHE)
 
     @classmethod
     def open(
@@ -832,6 +851,19 @@ class MilvusStoreReader:
             yield sorted(rows, key=lambda r: int(r[key]))
 
     def find_document(self, doc_id: str) -> st.DocumentRecord | None:
+        return self._cached(self._documents, doc_id, self._find_document)
+
+    def _cached(self, cache: LRUCache[Any, Any], key: Any, read: Callable[[Any], Any]) -> Any:
+        """`read(key)`, kept in `cache` (read outside the lock: two threads may both read it once)."""
+        with self._cache_lock:
+            if key in cache:
+                return cache[key]
+        value = read(key)
+        with self._cache_lock, suppress(ValueError):  # a value larger than the cache is not kept
+            cache[key] = value
+        return value
+
+    def _find_document(self, doc_id: str) -> st.DocumentRecord | None:
         rows = self._client.query(
             self._names["documents"],
             filter=f"doc_id == {_string(doc_id)}",
@@ -905,11 +937,18 @@ class MilvusStoreReader:
         return row
 
     def chunk(self, chunk_id: int) -> st.ChunkRecord:
-        return _chunk(self._chunk_row(chunk_id, _CHUNK_FIELDS))
+        return self._cached(  # type: ignore[no-any-return]
+            self._chunks,
+            (int(chunk_id), "record"),
+            lambda key: _chunk(self._chunk_row(key[0], _CHUNK_FIELDS)),
+        )
 
     def chunk_text(self, chunk_id: int) -> str:
-        row = self._chunk_row(chunk_id, ["chunk_id", "text", "text_start"])
-        return str(row["text"])[int(row["text_start"]) :]
+        def read(key: tuple[int, str]) -> str:
+            row = self._chunk_row(key[0], ["chunk_id", "text", "text_start"])
+            return str(row["text"])[int(row["text_start"]) :]
+
+        return self._cached(self._chunks, (int(chunk_id), "text"), read)  # type: ignore[no-any-return]
 
     def chunk_records(self) -> Iterator[st.ChunkRecord]:
         for batch in self._range("chunks", "chunk_id", 0, self._chunk_count, _CHUNK_FIELDS):
@@ -919,7 +958,8 @@ class MilvusStoreReader:
     # --- filters, vectors and search ------------------------------------------------------------
 
     def filter_expression(self, chunk_filter: ChunkFilter) -> str | None:
-        """The filter as a Milvus expression on the chunks collection (None: no condition)."""
+        """The filter as a Milvus expression on the chunks collection (None: no condition); a source
+        prefix holding a LIKE wildcard is matched up to it (`matching_chunks` checks the rest)."""
         if chunk_filter.is_empty:
             return None
         conditions: list[str] = []
@@ -927,7 +967,7 @@ class MilvusStoreReader:
             ids = sorted(set(chunk_filter.doc_ids))
             conditions.append(f"doc_id in [{', '.join(_string(d) for d in ids)}]" if ids else "chunk_id < 0")
         if chunk_filter.source_prefix is not None and chunk_filter.source_prefix:
-            conditions.append(f"source like {_string(_like_escape(chunk_filter.source_prefix) + '%')}")
+            conditions.append(f"source like {_string(_literal_part(chunk_filter.source_prefix) + '%')}")
         for name, values in chunk_filter.metadata.items():
             keys = sorted({k for v in values if (k := _facet(v)) is not None})
             if not keys:
@@ -942,10 +982,12 @@ class MilvusStoreReader:
         expression = self.filter_expression(chunk_filter)
         if expression is None:
             return None
-        windows = self._range(
-            "chunks", "chunk_id", 0, self._chunk_count, ["chunk_id"], expression, ids_only=True
-        )
-        ids = np.unique(np.asarray([int(r["chunk_id"]) for rows in windows for r in rows], np.int64))
+        prefix = chunk_filter.source_prefix or ""
+        exact = _literal_part(prefix) == prefix  # else LIKE matched a shorter prefix: check each source
+        fields = ["chunk_id"] if exact else ["chunk_id", "source"]
+        windows = self._range("chunks", "chunk_id", 0, self._chunk_count, fields, expression, ids_only=exact)
+        found = [r for rows in windows for r in rows if exact or str(r["source"]).startswith(prefix)]
+        ids = np.unique(np.asarray([int(r["chunk_id"]) for r in found], np.int64))
         ids.flags.writeable = False
         return ids
 
@@ -1017,6 +1059,9 @@ class MilvusStoreReader:
         return out
 
     def sentence_vectors_of(self, chunk_id: int) -> np.ndarray:
+        return self._cached(self._sentences, int(chunk_id), self._sentence_vectors_of)  # type: ignore[no-any-return]
+
+    def _sentence_vectors_of(self, chunk_id: int) -> np.ndarray:
         sentences = self.chunk(chunk_id).sentences
         rows = self._client.query(
             self._names["sentences"],
@@ -1065,7 +1110,7 @@ def _chunk(row: dict[str, Any]) -> st.ChunkRecord:
         str(row["doc_id"]),
         int(row["start"]),
         int(row["end"]),
-        tuple((int(s), int(e)) for s, e in row["sentences"]),
+        tuple((int(s), int(e)) for s, e in row["sentences"]["spans"]),
         str(row["hash"]),
     )
 
@@ -1084,9 +1129,12 @@ def _string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _like_escape(prefix: str) -> str:
-    """`prefix` with LIKE's wildcards (% and _) and the escape character taken literally."""
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _literal_part(prefix: str) -> str:
+    """`prefix` up to its first character that LIKE reads as other than itself (% _ and \\): Milvus
+    versions differ in how LIKE escapes them (2.3 takes no escapes), so a source prefix holding one
+    is matched by LIKE up to it, and exactly by `startswith` after the query."""
+    cut = min((at for at in (prefix.find(c) for c in "%_\\") if at >= 0), default=len(prefix))
+    return prefix[:cut]
 
 
 def _where(location: MilvusLocation) -> Any:
