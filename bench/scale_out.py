@@ -36,6 +36,7 @@ from bench.harness import (
     add_corpus_option,
     add_results_option,
     command_line,
+    cpu_seconds,
     limited_corpus,
     log,
     machine,
@@ -53,6 +54,7 @@ from bench.harness import (
 from service.processes import LiteServer, running_service
 
 DEFAULT_CORPUS = shared_data("corpus/wiki-leads-10k.jsonl")
+WARM_UP = 5  # searches before the measured ones
 
 
 def index_run(corpus: Path, store: str, env: dict[str, str], *extra: str) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def index_run(corpus: Path, store: str, env: dict[str, str], *extra: str) -> dic
 def search_latency(url: str, questions: list[str]) -> dict[str, Any]:
     times: list[float] = []
     with httpx.Client(base_url=url, timeout=60) as client:
-        for question in questions[:5]:  # warm-up
+        for question in questions[:WARM_UP]:
             client.post("/v1/search", json={"query": question, "top_k": 10}).raise_for_status()
         for question in questions:
             started = time.perf_counter()
@@ -85,6 +87,25 @@ def search_latency(url: str, questions: list[str]) -> dict[str, Any]:
             times.append((time.perf_counter() - started) * 1000)
     p = percentiles(times)
     return {"p50_ms": p["p50"], "p95_ms": p["p95"], "searches": len(times)}
+
+
+def serve_figures(
+    store: str, engine_pid: int | None, questions: list[str], env: dict[str, str]
+) -> dict[str, Any]:
+    """The service over `store` answering the questions: latency, and CPU time a search and memory
+    of the service (and of the Milvus engine, `engine_pid`)."""
+    with running_service(store, env=env) as service:
+        pids = {"service": service.pid, "engine": engine_pid}
+        before = {who: cpu_seconds(pid) for who, pid in pids.items()}
+        figures = search_latency(service.url, questions)
+        searches = len(questions) + WARM_UP
+        for who, pid in pids.items():
+            if pid is None:
+                continue
+            used = (cpu_seconds(pid) or 0.0) - (before[who] or 0.0)
+            figures[f"{who}_cpu_ms"] = round(used * 1000 / searches, 2)
+            figures[f"{who}_rss_mib"] = memory_mib(pid)["rss"]
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,11 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             serving: dict[str, Any] = {}
             for name, store in (("local", str(root / "plain")), ("milvus", engine.store)):
                 log(f"serving: /v1/search over the {name} store ...")
-                with running_service(store, env=env) as service:
-                    serving[name] = search_latency(service.url, questions)
-                    serving[name]["service_rss_mib"] = memory_mib(service.pid)["rss"]
-                    if name == "milvus" and engine.process is not None:
-                        serving[name]["engine_rss_mib"] = memory_mib(engine.process.pid)["rss"]
+                engine_pid = engine.process.pid if name == "milvus" and engine.process else None
+                serving[name] = serve_figures(store, engine_pid, questions, env)
             result["serving"] = serving
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -148,13 +166,16 @@ def main(argv: list[str] | None = None) -> int:
             f"Of the Ray run, the export to Milvus ({export.get('by', '?')}, "
             f"{export.get('chunks', 0):,} chunks) took {export.get('seconds', float('nan')):.1f} s.",
             "",
-            "| /v1/search (top_k 10, one at a time) | p50 ms | p95 ms | service RSS MiB | engine RSS MiB |",
-            "|---|---:|---:|---:|---:|",
+            "| /v1/search (top_k 10, one at a time) | p50 ms | p95 ms | service CPU ms a search | "
+            "engine CPU ms a search | service RSS MiB | engine RSS MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
             *[
-                f"| {name} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s['service_rss_mib']} | "
-                f"{s.get('engine_rss_mib', '')} |"
+                f"| {name} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s.get('service_cpu_ms', '')} | "
+                f"{s.get('engine_cpu_ms', '')} | {s['service_rss_mib']} | {s.get('engine_rss_mib', '')} |"
                 for name, s in result["serving"].items()
             ],
+            "",
+            f"CPU a search: CPU time over the searches (and {WARM_UP} warm-up ones), per search.",
         ]
     )
     publish("scale_out", result, text, args.results)

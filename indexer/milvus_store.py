@@ -12,7 +12,9 @@ One version is four collections, `<alias>_<version_id>_<kind>`:
                 SPARSE_INVERTED_INDEX, metric BM25), text_start (where the chunk's own text starts in
                 text), doc_id, start, end, sentences (JSON {"spans": [[start, end], ...]}: Milvus 2.3
                 takes only objects), hash, source and facets (JSON: the document's metadata as typed
-                keys, for filters; see `_facets`)
+                keys, for filters; see `_facets`), and sentence_row, document_row, document_parts:
+                the primary keys of its sentence vectors and its document's parts, so that a read
+                of either is a lookup by key (a filter on chunk_id or doc_id scans the column)
     sentences   row (INT64, primary: the sentence's row in the version), chunk_id, position (its
                 index among the chunk's sentences), vector (FLOAT_VECTOR, FLAT)
     documents   row (INT64, primary: rows in document order, a document's text parts consecutive),
@@ -449,6 +451,10 @@ def _write_chunks(
     else:
         _varchar(schema, "text")
     _int(schema, "text_start")
+    # where the chunk's sentence vectors and its document's rows are: read by primary key, not a scan
+    _int(schema, "sentence_row")
+    _int(schema, "document_row")
+    _int(schema, "document_parts")
     _varchar(schema, "doc_id")
     _int(schema, "start")
     _int(schema, "end")
@@ -472,7 +478,15 @@ def _write_chunks(
     facets = {d.doc_id: _facets(d.metadata) for d in data.documents}
     vectors = np.ascontiguousarray(data.vectors, dtype=np.float32)
 
+    located: dict[str, tuple[int, int]] = {}  # doc_id: (first row, parts), as _write_documents numbers them
+    first = 0
+    for d in data.documents:
+        parts = len(_parts(d.text))
+        located[d.doc_id] = (first, parts)
+        first += parts
+
     def rows() -> Iterator[dict[str, Any]]:
+        sentence_row = 0
         for chunk, (text, own) in zip(data.chunks, texts, strict=True):
             if len(text.encode("utf-8")) > VARCHAR_MAX:
                 raise st.StoreError(f"chunk {chunk.chunk_id}'s text is over {VARCHAR_MAX} bytes")
@@ -481,6 +495,9 @@ def _write_chunks(
                 "vector": vectors[chunk.chunk_id].tolist(),
                 "text": text,
                 "text_start": len(text) - len(own),
+                "sentence_row": sentence_row,  # as _write_sentences numbers them
+                "document_row": located[chunk.doc_id][0],
+                "document_parts": located[chunk.doc_id][1],
                 "doc_id": chunk.doc_id,
                 "start": chunk.start,
                 "end": chunk.end,
@@ -489,6 +506,7 @@ def _write_chunks(
                 "source": documents[chunk.doc_id].source,
                 "facets": facets[chunk.doc_id],
             }
+            sentence_row += len(chunk.sentences)
 
     _fill(client, name, insert, rows(), index)
 
@@ -742,6 +760,7 @@ class MilvusStoreReader:
             DOCUMENT_CACHE_BYTES, getsizeof=lambda d: 1 + (len(d.text) if d is not None else 0)
         )
         self._chunks: LRUCache[tuple[int, str], Any] = LRUCache(CHUNK_CACHE)
+        self._document_at: LRUCache[str, tuple[int, int]] = LRUCache(CHUNK_CACHE)  # doc_id: (row, parts)
         self._sentences: LRUCache[int, np.ndarray] = LRUCache(SENTENCE_CACHE)
 
     @classmethod
@@ -864,9 +883,15 @@ class MilvusStoreReader:
         return value
 
     def _find_document(self, doc_id: str) -> st.DocumentRecord | None:
+        with self._cache_lock:
+            at = self._document_at.get(doc_id)
+        if at is not None:  # known from one of its chunks: its rows by primary key
+            where = f"row in {list(range(at[0], at[0] + at[1]))}"
+        else:  # a scan of the doc_id column
+            where = f"doc_id == {_string(doc_id)}"
         rows = self._client.query(
             self._names["documents"],
-            filter=f"doc_id == {_string(doc_id)}",
+            filter=where,
             output_fields=_DOCUMENT_FIELDS,
             limit=MAX_TOP_K,  # a document's parts: up to ~1 GB of text
         )
@@ -937,11 +962,17 @@ class MilvusStoreReader:
         return row
 
     def chunk(self, chunk_id: int) -> st.ChunkRecord:
-        return self._cached(  # type: ignore[no-any-return]
-            self._chunks,
-            (int(chunk_id), "record"),
-            lambda key: _chunk(self._chunk_row(key[0], _CHUNK_FIELDS)),
+        return _chunk(self._located(chunk_id))
+
+    def _located(self, chunk_id: int) -> dict[str, Any]:
+        """The chunk's row: its record, where its sentence vectors are, and where its document is
+        (remembered by doc_id, so that reading the document is a lookup by primary key)."""
+        row: dict[str, Any] = self._cached(
+            self._chunks, (int(chunk_id), "row"), lambda key: self._chunk_row(key[0], _CHUNK_FIELDS)
         )
+        with self._cache_lock:
+            self._document_at[str(row["doc_id"])] = (int(row["document_row"]), int(row["document_parts"]))
+        return row
 
     def chunk_text(self, chunk_id: int) -> str:
         def read(key: tuple[int, str]) -> str:
@@ -1062,10 +1093,11 @@ class MilvusStoreReader:
         return self._cached(self._sentences, int(chunk_id), self._sentence_vectors_of)  # type: ignore[no-any-return]
 
     def _sentence_vectors_of(self, chunk_id: int) -> np.ndarray:
-        sentences = self.chunk(chunk_id).sentences
+        located = self._located(chunk_id)
+        sentences, first = _chunk(located).sentences, int(located["sentence_row"])
         rows = self._client.query(
             self._names["sentences"],
-            filter=f"chunk_id == {int(chunk_id)}",
+            filter=f"row in {list(range(first, first + len(sentences)))}",
             output_fields=["position", "vector"],
             limit=max(len(sentences), 1),
         )
@@ -1084,7 +1116,17 @@ class MilvusStoreReader:
 
 
 _DOCUMENT_FIELDS = ["row", "position", "part", "doc_id", "title", "source", "metadata", "sha256", "text"]
-_CHUNK_FIELDS = ["chunk_id", "doc_id", "start", "end", "sentences", "hash"]
+_CHUNK_FIELDS = [
+    "chunk_id",
+    "doc_id",
+    "start",
+    "end",
+    "sentences",
+    "hash",
+    "sentence_row",
+    "document_row",
+    "document_parts",
+]
 
 
 def _documents(rows: list[dict[str, Any]]) -> list[st.DocumentRecord]:

@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Every setting a test depends on, it sets: none comes from the shell that runs the tests (the
-# settings classes, in process and in the processes the tests start, read RAGQA_* variables).
-for name in [name for name in os.environ if name.startswith("RAGQA_")]:
+# settings classes, in process and in the processes the tests start, read RAGQA_* variables). Kept:
+# what points the Milvus contract tests at a real cluster (RAGQA_TEST_MILVUS_URI) and its token.
+KEPT = ("RAGQA_TEST_MILVUS_URI", "RAGQA_MILVUS_TOKEN")
+for name in [name for name in os.environ if name.startswith("RAGQA_") and name not in KEPT]:
     del os.environ[name]
 
 pytest_plugins = ["pytester"]  # tests/test_tiers.py runs small pytest sessions against the tier check

@@ -16,8 +16,13 @@ import pytest
 from indexer.config import IndexSettings
 from indexer.pipeline import run_index
 from indexer.reader import StoreReader, open_reader
-from service.processes import LiteServer
 from tests.indexer.helpers import REPO, last_json, run_cli, write_corpus
+from tests.indexer.test_milvus_store import CLUSTER, engine
+
+# RAY_ADDRESS: run on that Ray cluster (its workers need this ragqa and the model), else a local Ray of
+# this machine's cores; the Milvus store is RAGQA_TEST_MILVUS_URI's cluster when set (the workers
+# write to it), else a `milvus-lite server` on 127.0.0.1.
+RAY_ADDRESS = os.environ.get("RAY_ADDRESS")
 
 
 @pytest.mark.unit
@@ -37,13 +42,14 @@ def test_an_index_run_on_ray_writes_the_store_the_plain_run_writes(tmp_path: Pat
     plain = run_index([corpus], IndexSettings(store=tmp_path / "plain", lock_wait=0))
 
     # into a Milvus server (through the Ray datasink) and the local store it is exported from
-    with LiteServer(tmp_path / "milvus") as engine:
+    with engine("cluster" if CLUSTER else "server", tmp_path / "milvus") as store:
         env = {**os.environ, "RAGQA_WORK_STORE": str(tmp_path / "ray")}
-        result = run_cli(corpus, "--store", engine.store, "--json", "--ray", "--log-level", "INFO", env=env)
+        ray = ["--ray", *([RAY_ADDRESS] if RAY_ADDRESS else [])]  # a cluster's, or a local Ray
+        result = run_cli(corpus, "--store", store, "--json", *ray, "--log-level", "INFO", env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         exported = [json.loads(line) for line in result.stderr.splitlines() if '"index.exported"' in line]
         assert [e["by"] for e in exported] == ["ray datasink"]
-        milvus = open_reader(engine.store)
+        milvus = open_reader(store)
         assert_same_version(open_reader(tmp_path / "ray"), milvus)
         milvus.close()  # type: ignore[attr-defined]
     report = last_json(result.stdout)

@@ -32,8 +32,6 @@ from tests.indexer.test_segments import PARTS, commit_of
 from tests.indexer.test_store_format import TEXTS, synthetic
 from tests.milvus_server import standalone_server, standalone_unavailable
 
-pytestmark = pytest.mark.unit
-
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
@@ -75,7 +73,14 @@ class Pair:
 
 
 CLUSTER = os.environ.get("RAGQA_TEST_MILVUS_URI")  # a real cluster, e.g. http://milvus.internal:19530
-ENGINES = ["embedded", "server", "standalone", "cluster"]
+# Each engine a tier (tests/conftest.py): the real 2.3.5 server takes seconds a collection (create,
+# flush, index, load), so its tests are slow; the tests that take no engine are unit tests.
+ENGINES = [
+    pytest.param("embedded", marks=pytest.mark.unit),
+    pytest.param("server", marks=pytest.mark.unit),
+    pytest.param("standalone", marks=pytest.mark.slow),
+    pytest.param("cluster", marks=pytest.mark.unit),
+]
 
 
 @contextmanager
@@ -155,6 +160,7 @@ def needs_bm25(reader: ms.MilvusStoreReader) -> None:
         pytest.skip(f"BM25 and hybrid search: {ms.NO_BM25}")
 
 
+@pytest.mark.unit
 def test_parse_location(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ms.TOKEN_VARIABLE, "root:secret")
     assert ms.parse_location("/var/store") is None
@@ -371,6 +377,7 @@ def test_publishing_switches_the_alias_and_old_versions_are_dropped(location: ms
     new.close()
 
 
+@pytest.mark.unit
 def test_a_failed_publish_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     location = ms.parse_location(f"milvus-lite://{tmp_path / 'store.db'}")
     assert location is not None
@@ -386,6 +393,7 @@ def test_a_failed_publish_leaves_nothing_behind(tmp_path: Path, monkeypatch: pyt
         ms.publish_version(location, synthetic(PARTS["c"]), "no-dashes")
 
 
+@pytest.mark.unit
 def test_a_failed_verification_never_switches_the_alias(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -411,6 +419,7 @@ def test_a_failed_verification_never_switches_the_alias(
         client.close()
 
 
+@pytest.mark.unit
 def test_an_unreachable_engine_is_store_unavailable_within_the_timeout() -> None:
     """A listener that accepts connections and never answers (a server hung, or a network that drops
     replies): connecting gives up after the setting's timeout, with StoreUnavailableError."""
@@ -425,6 +434,7 @@ def test_an_unreachable_engine_is_store_unavailable_within_the_timeout() -> None
         assert time.monotonic() - started < 5
 
 
+@pytest.mark.unit
 def test_importing_the_module_needs_no_pymilvus() -> None:
     code = (
         "import sys; sys.modules['pymilvus'] = None; sys.modules['milvus_lite'] = None\n"
@@ -435,6 +445,7 @@ def test_importing_the_module_needs_no_pymilvus() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
+@pytest.mark.unit
 def test_the_store_setting_chooses_the_backend(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
