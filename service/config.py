@@ -37,6 +37,13 @@ class ServiceSettings(IndexSettings):
 
     # serving
     max_batch: int = Field(32, ge=1, le=256, description="questions encoded together by one model call")
+    question_encoder: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="what encodes questions: the model on ONNX Runtime (checked against PyTorch) or PyTorch",
+    )
+    onnx_cache: Path | None = Field(
+        None, description="where the model's ONNX export is kept (default ~/.cache/ragqa/onnx)"
+    )
 
     # the write API (POST/DELETE /v1/documents, /v1/jobs) and keys
     corpus: Path = Field(Path("corpus"), description="folder that uploads go to and index jobs read")

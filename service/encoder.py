@@ -7,20 +7,53 @@ nobody and at high load sixteen questions cost little more than one. Recent ques
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Future
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from indexer.embedding import Embedder
 
+log = logging.getLogger("ragqa.service")
+
 CACHE_SIZE = 4096
 
 
+class QuestionEncoder(Protocol):
+    def encode_short(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised float32 vectors of a few short texts, one row each."""
+        ...
+
+
+def question_encoder(embedder: Embedder, backend: str, cache: Path | None = None) -> QuestionEncoder:
+    """What encodes the questions: `embedder`'s model on ONNX Runtime (indexer.onnx_encoder) for
+    backend "onnx", checked against PyTorch, or `embedder` itself ("torch"). An ONNX encoder that
+    cannot be had (onnxruntime missing, the export failing, or its vectors not PyTorch's) is not
+    used: the service encodes with PyTorch and logs why."""
+    if backend == "onnx":
+        try:
+            from indexer.onnx_encoder import load_onnx_encoder
+
+            encoder = load_onnx_encoder(embedder, cache)
+        except Exception as exc:
+            log.error(
+                "encoder.onnx_unavailable", extra={"error": f"{type(exc).__name__}: {exc}", "using": "torch"}
+            )
+        else:
+            log.info("encoder.loaded", extra={"backend": "onnx", "export": str(encoder.path)})
+            return encoder
+    log.info("encoder.loaded", extra={"backend": "torch"})
+    return embedder
+
+
 class BatchingEncoder:
-    def __init__(self, embedder: Embedder, max_batch: int = 32) -> None:
+    def __init__(self, embedder: QuestionEncoder, max_batch: int = 32) -> None:
         self.embedder = embedder
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[str, Future[np.ndarray]] | None] = queue.SimpleQueue()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from indexer.embedding import load_embedder
 from service.config import ServiceSettings
-from service.encoder import BatchingEncoder
+from service.encoder import BatchingEncoder, question_encoder
 from service.holder import IndexHolder
 from service.metrics import Metrics
 from service.qa import QAService
@@ -43,7 +43,8 @@ class Runtime:
         opening = threading.Thread(target=holder.refresh, name="ragqa-open-index", daemon=True)
         opening.start()
         embedder = load_embedder(settings.model, settings.batch_size)
-        encoder = BatchingEncoder(embedder, settings.max_batch)
+        questions = question_encoder(embedder, settings.question_encoder, settings.onnx_cache)
+        encoder = BatchingEncoder(questions, settings.max_batch)
         # The model's first call costs seconds: make it before /readyz says ready, on the encoder's
         # own thread (the only thread that runs the model in the service).
         encoder.submit("warm up the model before the first question").result()

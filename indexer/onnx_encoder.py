@@ -1,0 +1,178 @@
+"""The question encoder on ONNX Runtime: the configured sentence-transformers model's own modules
+(transformer, pooling, and any dense layers it has) exported to ONNX from the loaded weights, no
+download, and run by ONNX Runtime. For one short question the framework's per-call overhead is most
+of PyTorch's time, and ONNX Runtime removes most of it (../shared/notes/encoder-speed.md); for long
+batches of passages the arithmetic dominates and the indexer keeps PyTorch.
+
+The export is cached under a key of the weights, the export code's version and the library versions
+(`export_key`): new weights give a new file. Every load checks the export against the PyTorch
+encoder on CHECK_TEXTS and refuses it (OnnxMismatchError) when a vector's cosine with PyTorch's is
+below MIN_COSINE, so a store's passages (PyTorch) and the questions (ONNX) come from the same
+vectors. onnxruntime and onnx are imported only here."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from indexer.embedding import Embedder
+
+log = logging.getLogger("ragqa.indexer")
+
+EXPORT_VERSION = "1"  # of the export below: a change to it gives new files
+OPSET = 17
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MIN_COSINE = 0.9999
+CHECK_TEXTS = (
+    "Why did Armenia freeze CSTO membership?",
+    "who wrote the declaration of independence",
+    "A longer text, of the kind a question rarely is: it names a treaty, a summit in Vilnius, the "
+    "partnership's goals and the ministers who met in Baku and Tbilisi during the visit in March 2024.",
+    "ü é 日本語 emoji 🙂",
+    "x",
+)
+
+
+class OnnxMismatchError(Exception):
+    """The ONNX export does not give the PyTorch encoder's vectors."""
+
+
+def default_cache() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "ragqa" / "onnx"
+
+
+def export_key(embedder: Embedder) -> str:
+    """A key of the model's weights (every parameter and buffer, in order), its modules, this export's
+    version and the versions of torch and onnx: it changes when any of them does."""
+    digest = hashlib.sha256()
+    for library in ("torch", "onnx", "sentence-transformers", "transformers"):
+        digest.update(f"{library}={importlib.metadata.version(library)};".encode())
+    digest.update(f"export={EXPORT_VERSION};opset={OPSET};modules={list(embedder.model)!r};".encode())
+    for name, tensor in embedder.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def export(embedder: Embedder, path: Path) -> None:
+    """Export the model's modules (input ids, attention mask and token type ids to the pooled, not yet
+    normalised embedding) to `path`, written under a temporary name and renamed."""
+    import torch
+
+    class Modules(torch.nn.Module):  # keyword inputs: transformers 5 reordered BertModel.forward
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            features = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids,
+            }
+            return self.model(features)["sentence_embedding"]
+
+    features = _features(embedder, list(CHECK_TEXTS[:2]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            # the tracer's warnings (Python conditions traced as constants, index ops): the check
+            # after every load is what says whether the export gives the model's vectors
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                Modules(embedder.model).eval(),
+                tuple(torch.from_numpy(features[name]) for name in INPUTS),
+                temporary,
+                input_names=list(INPUTS),
+                output_names=["embedding"],
+                dynamic_axes={
+                    **{name: {0: "batch", 1: "tokens"} for name in INPUTS},
+                    "embedding": {0: "batch"},
+                },
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _features(embedder: Embedder, texts: list[str]) -> dict[str, np.ndarray]:
+    """The model's tokenizer's inputs for `texts`, as int64 arrays (token type ids zero when the
+    tokenizer gives none)."""
+    model = embedder.model
+    encoded = model.tokenizer(
+        texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="np"
+    )
+    ids = np.asarray(encoded["input_ids"], np.int64)
+    return {
+        "input_ids": ids,
+        "attention_mask": np.asarray(encoded["attention_mask"], np.int64),
+        "token_type_ids": np.asarray(encoded.get("token_type_ids", np.zeros_like(ids)), np.int64),
+    }
+
+
+class OnnxEncoder:
+    """`encode_short` of the Embedder it was exported from, on ONNX Runtime (normalised float32 rows)."""
+
+    def __init__(self, embedder: Embedder, path: Path, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.embedder = embedder
+        self.info = embedder.info
+        self.path = path
+
+    def encode_short(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.info.dimension), dtype=np.float32)
+        (pooled,) = self.session.run(None, _features(self.embedder, list(texts)))
+        pooled = np.asarray(pooled, np.float32)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return pooled / np.maximum(norms, 1e-12)
+
+
+def load_onnx_encoder(
+    embedder: Embedder, cache: Path | None = None, threads: int | None = None
+) -> OnnxEncoder:
+    """The ONNX encoder of `embedder`'s model: exported into `cache` (default_cache()) on first use, then
+    reused; checked against `embedder` on CHECK_TEXTS (OnnxMismatchError below MIN_COSINE)."""
+    from filelock import FileLock
+
+    folder = cache or default_cache()
+    path = folder / f"{export_key(embedder)}.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            started = time.perf_counter()
+            export(embedder, path)
+            log.info(
+                "onnx.exported", extra={"path": str(path), "seconds": round(time.perf_counter() - started, 2)}
+            )
+    encoder = OnnxEncoder(embedder, path, threads)
+    expected = embedder.encode(list(CHECK_TEXTS))
+    cosines = (encoder.encode_short(list(CHECK_TEXTS)) * expected).sum(axis=1)
+    if float(cosines.min()) < MIN_COSINE:
+        raise OnnxMismatchError(
+            f"the ONNX export {path} gives other vectors than the PyTorch model (cosine "
+            f"{float(cosines.min()):.6f} < {MIN_COSINE}): not used"
+        )
+    return encoder

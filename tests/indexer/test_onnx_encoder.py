@@ -1,0 +1,77 @@
+"""The question encoder on ONNX Runtime (indexer.onnx_encoder), exported from the real bundled model:
+the same vectors as PyTorch, one export per weights, an export with other vectors refused, and the
+service falling back to PyTorch then."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from indexer import onnx_encoder as ox
+from indexer.embedding import Embedder
+from service.encoder import question_encoder
+
+pytestmark = pytest.mark.unit
+
+QUESTIONS = [
+    "Why did Armenia freeze CSTO membership?",
+    "when did the ottoman empire fall",
+    "What did Stoltenberg say in Baku about the peace agreement with Armenia and the border?",
+    "Ünïcode, 日本語 and an emoji 🙂?",
+    "a",
+]
+
+
+@contextmanager
+def perturbed(embedder: Embedder) -> Iterator[None]:
+    """The model with one weight changed, restored on exit."""
+    parameter = next(embedder.model.parameters())
+    saved = parameter.detach().clone()
+    with torch.no_grad():
+        parameter.mul_(1.5)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            parameter.copy_(saved)
+
+
+def test_the_onnx_encoder_gives_the_pytorch_vectors(embedder: Embedder, tmp_path: Path) -> None:
+    encoder = ox.load_onnx_encoder(embedder, tmp_path)
+    for batch in ([QUESTIONS[0]], QUESTIONS):  # alone, and padded in a batch of different lengths
+        got, expected = encoder.encode_short(batch), embedder.encode_short(batch)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        assert float((got * expected).sum(axis=1).min()) >= ox.MIN_COSINE
+    assert encoder.encode_short([]).shape == (0, embedder.info.dimension)
+
+
+def test_one_export_per_weights(embedder: Embedder, tmp_path: Path) -> None:
+    first = ox.load_onnx_encoder(embedder, tmp_path)
+    written = first.path.stat().st_mtime_ns
+    again = ox.load_onnx_encoder(embedder, tmp_path)
+    assert again.path == first.path and again.path.stat().st_mtime_ns == written  # reused, not exported again
+    key = ox.export_key(embedder)
+    with perturbed(embedder):
+        assert ox.export_key(embedder) != key
+    assert ox.export_key(embedder) == key
+
+
+def test_an_export_with_other_vectors_is_refused(
+    embedder: Embedder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / f"{ox.export_key(embedder)}.onnx"
+    with perturbed(embedder):  # other weights exported under this model's key
+        ox.export(embedder, path)
+    with pytest.raises(ox.OnnxMismatchError, match="other vectors"):
+        ox.load_onnx_encoder(embedder, tmp_path)
+    with caplog.at_level(logging.ERROR, logger="ragqa.service"):
+        assert question_encoder(embedder, "onnx", tmp_path) is embedder  # the service uses PyTorch
+    assert any(r.message == "encoder.onnx_unavailable" for r in caplog.records)
+    assert question_encoder(embedder, "torch", tmp_path) is embedder
