@@ -128,7 +128,11 @@ def _features(embedder: Embedder, texts: list[str]) -> dict[str, np.ndarray]:
 
 
 class OnnxEncoder:
-    """`encode_short` of the Embedder it was exported from, on ONNX Runtime (normalised float32 rows)."""
+    """`encode_short` of the Embedder it was exported from, on ONNX Runtime (normalised float32 rows).
+
+    One session, `threads` intra-op threads (default: every core). Measured on 2 cores (300 NQ
+    questions, /tmp script in the issue-13 note): 1 thread 3.62 ms a question alone and 2.05 ms a
+    question in batches of 16; 2 threads 2.24 and 1.14 ms."""
 
     def __init__(self, embedder: Embedder, path: Path, threads: int | None = None) -> None:
         import onnxruntime
