@@ -47,6 +47,7 @@ import psutil
 from indexer.chunking import split_sentences
 from service.eval import Dataset, Question, load_dataset, sample
 from service.eval import percentiles as percentiles  # the one percentile function, shared with ragqa-eval
+from service.processes import index_command as index_command  # the indexer's command, a process of its own
 
 if TYPE_CHECKING:
     from indexer.embedding import Embedder
@@ -194,15 +195,6 @@ def build_store(sources: list[Path], store: Path) -> dict[str, Any]:
         "embedded": report.embedded,
         "seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def index_command(paths: list[Path], store: Path) -> dict[str, Any]:
-    """Index with the indexer's command in a process of its own (`python -m indexer.cli --json`), as
-    a user or a deployment would while the service runs; its JSON report."""
-    command = [sys.executable, "-m", "indexer.cli", *map(str, paths), "--store", str(store), "--json"]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
 
 
 def offline() -> None:

@@ -163,9 +163,14 @@ class GuardedClient:
     LOCAL_CALLS = frozenset({"create_schema", "prepare_index_params"})  # build objects; no engine call
 
     def __init__(self, client: Any, where: str, timeout: float) -> None:
+        import grpc
+        from pymilvus.exceptions import MilvusException
+
         self.client = client
         self.where = where
         self.timeout = timeout
+        self._grpc = grpc
+        self._milvus_error = MilvusException
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.client, name)
@@ -173,18 +178,15 @@ class GuardedClient:
             return method
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            import grpc
-            from pymilvus.exceptions import MilvusException
-
             kwargs.setdefault("timeout", self.timeout)
             try:
                 return method(*args, **kwargs)
-            except MilvusException as exc:
+            except self._milvus_error as exc:
                 message = exc.message
-            except grpc.RpcError as exc:  # a deadline passed: pymilvus raises gRPC's own error
+            except self._grpc.RpcError as exc:  # a deadline passed: pymilvus raises gRPC's own error
                 code, details = getattr(exc, "code", None), getattr(exc, "details", None)
                 message = f"{code().name if code else 'gRPC error'}: {details() if details else exc}"
-                if code and code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                if code and code() == self._grpc.StatusCode.DEADLINE_EXCEEDED:
                     message = f"no answer within {kwargs['timeout']:g} s ({message})"
             raise st.StoreUnavailableError(f"the Milvus store at {self.where} failed: {message}")
 
@@ -308,7 +310,7 @@ def publish_version(
             if client.has_collection(name):
                 raise st.StoreError(f"version {version_id} already exists in Milvus ({name})")
         try:
-            _write_version(client, names, data, manifest, insert or partial(insert_rows, client))
+            _write_version(client, names, data, insert or partial(insert_rows, client))
         except BaseException:
             for name in names.values():  # nothing of a version that was not published stays behind
                 if client.has_collection(name):
@@ -337,21 +339,21 @@ def has_bm25(client: GuardedClient) -> bool:
     return (int(found.group(1)), int(found.group(2))) >= (2, 5)
 
 
-def _write_version(
-    client: Any, names: dict[str, str], data: st.VersionData, manifest: st.Manifest, insert: Insert
-) -> None:
+def _write_version(client: Any, names: dict[str, str], data: st.VersionData, insert: Insert) -> None:
     """Create, fill, index and load the version's collections, and check their counts."""
     texts = _chunk_texts(data)
     words = word_frequencies(own for _, own in texts)
-    _write_chunks(client, names["chunks"], insert, data, texts)
+    # each document's first row and number of parts in the documents collection, as written there
+    located: dict[str, tuple[int, int]] = {}
+    rows = 0
+    for d in data.documents:
+        located[d.doc_id] = (rows, len(_parts(d.text)))
+        rows += located[d.doc_id][1]
+    _write_chunks(client, names["chunks"], insert, data, texts, located)
     _write_sentences(client, names["sentences"], insert, data)
     _write_documents(client, names["documents"], insert, data)
-    _write_meta(client, names["meta"], insert, manifest, words)
-    expected = {
-        "chunks": len(data.chunks),
-        "sentences": len(data.sentence_vectors),
-        "documents": sum(len(_parts(d.text)) for d in data.documents),
-    }
+    _write_meta(client, names["meta"], insert, data.manifest, words)
+    expected = {"chunks": len(data.chunks), "sentences": len(data.sentence_vectors), "documents": rows}
     for kind, name in names.items():
         client.load_collection(name)
         count = _count(client, name)
@@ -436,7 +438,12 @@ def insert_rows(client: Any, name: str, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def _write_chunks(
-    client: Any, name: str, insert: Insert, data: st.VersionData, texts: list[tuple[str, str]]
+    client: Any,
+    name: str,
+    insert: Insert,
+    data: st.VersionData,
+    texts: list[tuple[str, str]],
+    located: dict[str, tuple[int, int]],
 ) -> None:
     from pymilvus import DataType, Function, FunctionType
 
@@ -477,13 +484,6 @@ def _write_chunks(
     documents = {d.doc_id: d for d in data.documents}
     facets = {d.doc_id: _facets(d.metadata) for d in data.documents}
     vectors = np.ascontiguousarray(data.vectors, dtype=np.float32)
-
-    located: dict[str, tuple[int, int]] = {}  # doc_id: (first row, parts), as _write_documents numbers them
-    first = 0
-    for d in data.documents:
-        parts = len(_parts(d.text))
-        located[d.doc_id] = (first, parts)
-        first += parts
 
     def rows() -> Iterator[dict[str, Any]]:
         sentence_row = 0

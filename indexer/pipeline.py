@@ -101,19 +101,22 @@ def _run_index(
 ) -> IndexReport:
     store = settings.local_store
     with st.writer_lock(store, settings.lock_wait):
-        report = _index(paths, settings, rebuild, work, store)
-        location = settings.milvus
-        if location is not None:
-            builder = _VersionBuilder(store, settings, work)
-            report.exported = _export(location, store, builder)
-            builder.cache.close()
+        builder = _VersionBuilder(store, settings, work)  # opens the cache and the model when needed
+        try:
+            report = _index(paths, settings, rebuild, store, builder)
+            location = settings.milvus
+            if location is not None:
+                report.exported = _export(location, store, builder)
+        finally:
+            builder.close()
         return report
 
 
 def _index(
-    paths: list[Path], settings: IndexSettings, rebuild: bool, work: RayWork | None, store: Path
+    paths: list[Path], settings: IndexSettings, rebuild: bool, store: Path, builder: _VersionBuilder
 ) -> IndexReport:
     """The run on the local store (the caller holds its writer lock)."""
+    work = builder.work
     started = time.perf_counter()
     sources, skipped = discover(paths)
     live, previous = None, None
@@ -156,7 +159,6 @@ def _index(
             published=False,
         )
 
-    builder = _VersionBuilder(store, settings, work)
     entries = _deleted(store, live, removed) if live is not None else []
     manifest = live.manifest if live is not None else None
     if plan.documents:
@@ -173,7 +175,6 @@ def _index(
     sg.collect_garbage(store, [commit] + ([previous] if previous is not None else []))
     if removed:  # forget the vectors of chunks no segment holds any more
         builder.cache.keep_only(settings.model, sg.LiveStore.open(store).chunk_hashes())
-    builder.cache.close()
 
     counts = commit.manifest.counts
     report = IndexReport(
@@ -199,7 +200,8 @@ def _export(location: MilvusLocation, store: Path, builder: _VersionBuilder) -> 
     from indexer import milvus_store as ms
 
     started = time.perf_counter()
-    commit = sg.read_commit(store)
+    local = sg.LiveStore.open(store)
+    commit = local.commit
     client = location.guarded_client()
     try:
         live = ms.live_version(location, client)
@@ -208,7 +210,7 @@ def _export(location: MilvusLocation, store: Path, builder: _VersionBuilder) -> 
     if live == commit.version:
         return False
     dropped = ms.drop_unaliased(location, keep=[live] if live else [])
-    data, _ = sg.merged_data(sg.LiveStore.open(store), range(len(commit.segments)), builder.prefix_of)
+    data, _ = sg.merged_data(local, range(len(commit.segments)), builder.prefix_of)
     insert = None
     if builder.work is not None and not location.is_lite:  # an embedded file is this process's alone
         insert = builder.work.milvus_insert(location)
@@ -372,9 +374,18 @@ class _VersionBuilder:
     def __init__(self, store: Path, settings: IndexSettings, work: RayWork | None = None) -> None:
         self.settings = settings
         self.work = work
-        self.cache = st.EmbeddingCache(store)
+        self.store = store
         self._embedder: Embedder | None = None
         self.embedded = 0
+
+    @cached_property
+    def cache(self) -> st.EmbeddingCache:
+        """The store's embedding cache, opened when a step first needs it."""
+        return st.EmbeddingCache(self.store)
+
+    def close(self) -> None:
+        if "cache" in self.__dict__:
+            self.cache.close()
 
     @property
     def embedder(self) -> Embedder:

@@ -21,7 +21,6 @@ import random
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from service.processes import running_service
+from service.processes import index_command, running_service
 
 if TYPE_CHECKING:
     from indexer.pipeline import IndexReport
@@ -235,19 +234,6 @@ def index_corpus(sources: list[Path], store: str | Path) -> IndexReport:
     logs.configure("WARNING")
     overrides: dict[str, Any] = {"store": store}
     return run_index(sources, IndexSettings(**overrides))
-
-
-def index_into_milvus(sources: list[Path], store: str, work_store: Path) -> dict[str, Any]:
-    """Index into the Milvus store `store` from the local store `work_store` (incremental as
-    `index_corpus`), by `ragqa-index` in a process of its own, as a deployment's indexer: an embedded
-    milvus-lite file is opened by one process at a time, and the service is another. Its report."""
-    command = [sys.executable, "-m", "indexer.cli", *map(str, sources), "--store", store, "--json"]
-    env = {**os.environ, "RAGQA_WORK_STORE": str(work_store)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"ragqa-index failed: {result.stderr.strip()[-2000:]}")
-    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return report
 
 
 # --- asking --------------------------------------------------------------------------------------
@@ -644,7 +630,10 @@ def main(argv: list[str] | None = None) -> int:
             store: str | Path = args.store or default_store(dataset)
             print(f"ragqa-eval: indexing {dataset.corpus} into {store}", file=sys.stderr, flush=True)
             if isinstance(store, str) and "://" in store:  # Milvus, exported from the default cache
-                index_into_milvus([dataset.corpus], store, default_store(dataset))
+                # by `ragqa-index` in a process of its own, as a deployment's indexer: an embedded
+                # milvus-lite file is opened by one process at a time, and the service is another
+                env = {**os.environ, "RAGQA_WORK_STORE": str(default_store(dataset))}
+                index_command([dataset.corpus], store, env)
             else:
                 index_corpus([dataset.corpus], store)
             with running_service(store) as service:  # its log in a temporary file

@@ -6,6 +6,7 @@ tail) when the process exits, and a stop that sends SIGTERM and kills only a pro
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,10 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -166,6 +168,20 @@ def running_service(
         service_command(store, port, log_level), url, log, env=environment, timeout=timeout
     ) as running:
         yield running
+
+
+def index_command(
+    paths: Sequence[Path], store: str | Path, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """`ragqa-index PATHS --store STORE --json` in a process of its own (`python -m indexer.cli`), as a
+    user or a deployment runs it beside the service; its JSON report. RuntimeError with the end of its
+    stderr when it fails."""
+    command = [sys.executable, "-m", "indexer.cli", *map(str, paths), "--store", str(store), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=None if env is None else dict(env))
+    if done.returncode != 0:
+        raise RuntimeError(f"ragqa-index failed (exit {done.returncode}): {done.stderr.strip()[-3000:]}")
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
 
 
 LITE_START_TIMEOUT = 60.0

@@ -7,7 +7,6 @@ Skipped without the optional extra `milvus`."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.processes import LiteServer
+from service.processes import LiteServer, index_command
 from tests.service.conftest import REPO, Server, server_env, start_server, stop_server, wait_until
 from tests.service.test_reload import RELOAD_WITHIN, Traffic, searchable
 
@@ -42,7 +41,7 @@ class Deployment:
     service: Server
 
     def index(self, *paths: Path) -> dict[str, Any]:
-        return index_process(list(paths), self.store, self.work)
+        return index_command(paths, self.store, server_env(work_store=str(self.work)))
 
     def collections(self) -> list[str]:
         from pymilvus import MilvusClient
@@ -54,23 +53,12 @@ class Deployment:
             client.close()
 
 
-def index_process(paths: list[Path], store: str, work: Path, *extra: str) -> dict[str, Any]:
-    """`ragqa-index PATHS --store STORE --json` in a process of its own; its report."""
-    command = [sys.executable, "-m", "indexer.cli", *map(str, paths), "--store", store, "--json", *extra]
-    result = subprocess.run(
-        command, capture_output=True, text=True, cwd=REPO, env=server_env(work_store=str(work)), timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return report
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, sources: list[Path]) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("milvus-deployment")
     with LiteServer(root / "engine") as engine:
         store = f"milvus://127.0.0.1:{engine.port}/ragqa?timeout={TIMEOUT}"
-        report = index_process(sources, store, root / "work")
+        report = index_command(sources, store, server_env(work_store=str(root / "work")))
         assert report["published"] and report["exported"], report
         service = start_server(store, root / "service.log", ready_path="/readyz", work_store=str(root / "w2"))
         try:
