@@ -33,7 +33,6 @@ texts, until a merge rewrites it. Only the idf is corpus-wide at query time.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -164,8 +163,8 @@ class LexicalSegment:
         module cannot reweight (BM25L and BM25+ add a score for the terms a document lacks)."""
         import bm25s
 
-        tokenizer = _tokenizer(spec)  # an unknown library is refused before anything is read
-        logging.getLogger("bm25s").setLevel(logging.WARNING)
+        tokenizer = _tokenizer(spec)  # an unknown library is refused before anything is read (and
+        # bm25s quietened)
         retriever = bm25s.BM25.load(str(folder), mmap=True, load_vocab=False)
         if retriever.method in retriever.methods_requiring_nonoccurrence:
             raise ValueError(f"{folder}: bm25s method {retriever.method!r} is not supported here")
