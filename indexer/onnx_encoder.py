@@ -19,7 +19,8 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ragqa.indexer")
 
-EXPORT_VERSION = "1"  # of the export below: a change to it gives new files
+EXPORT_VERSION = "2"  # of the export below: a change to it gives new files
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MIN_COSINE = 0.9999
+FUSED_MIN_COSINE = 0.99999
 CHECK_TEXTS = (
     "Why did Armenia freeze CSTO membership?",
     "who wrote the declaration of independence",
@@ -68,7 +70,13 @@ def export_key(embedder: Embedder) -> str:
 
 def export(embedder: Embedder, path: Path) -> None:
     """Export the model's modules (input ids, attention mask and token type ids to the pooled, not yet
-    normalised embedding) to `path`, written under a temporary name and renamed."""
+    normalised embedding) to `path`, written under a temporary name and renamed.
+
+    The transformer is traced with its eager attention (the plain softmax(QK^T)V graph, whose pattern
+    ONNX Runtime's transformer optimizer fuses), then the optimizer fuses attention, layer norms and
+    GELUs into ONNX Runtime's own operators (`fuse`): for all-MiniLM-L6-v2, 689 nodes become 59 and a
+    question takes 1.48 ms instead of 1.83 (2 cores). The fused graph is kept only when it gives the
+    traced graph's vectors."""
     import torch
 
     class Modules(torch.nn.Module):  # keyword inputs: transformers 5 reordered BertModel.forward
@@ -89,7 +97,7 @@ def export(embedder: Embedder, path: Path) -> None:
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=path.parent)
     os.close(handle)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _eager_attention(embedder):
             # the tracer's warnings (Python conditions traced as constants, index ops): the check
             # after every load is what says whether the export gives the model's vectors
             warnings.simplefilter("ignore")
@@ -106,10 +114,78 @@ def export(embedder: Embedder, path: Path) -> None:
                 opset_version=OPSET,
                 dynamo=False,
             )
+        fuse(embedder, Path(temporary))
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+@contextmanager
+def _eager_attention(embedder: Embedder) -> Iterator[None]:
+    """The transformer's attention set to "eager" for the trace, and set back after: the model object
+    is the one the process encodes with. A model that has no such switch is traced as it is."""
+    transformer = getattr(embedder.model[0], "auto_model", None)
+    config = getattr(transformer, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switch = getattr(transformer, "set_attn_implementation", None)
+    if switch is None or before is None or before == "eager":
+        yield
+        return
+    try:
+        switch("eager")
+    except (ValueError, ImportError) as exc:  # a model without eager attention: as it is
+        log.info("onnx.eager_attention_unavailable", extra={"error": str(exc)})
+        yield
+        return
+    try:
+        yield
+    finally:
+        switch(before)
+
+
+def fuse(embedder: Embedder, path: Path) -> None:
+    """Rewrite the exported graph at `path` with ONNX Runtime's transformer optimizer (attention,
+    embedding and skip layer norms, bias GELU fused into its own operators), when the fused graph's
+    vectors equal the traced one's (cosine ≥ FUSED_MIN_COSINE on CHECK_TEXTS). The optimizer knows
+    BERT-like encoders; for another architecture it finds nothing to fuse, or something that fails
+    the comparison, and the traced graph stays."""
+    import onnxruntime
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    texts = _features(embedder, list(CHECK_TEXTS))
+    traced = _pooled(onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]), texts)
+    fused_path = path.with_name(path.name + ".fused")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = getattr(getattr(embedder.model[0], "auto_model", None), "config", None)
+            optimize_model(
+                str(path),
+                model_type="bert",
+                num_heads=int(getattr(config, "num_attention_heads", 0) or 0),  # 0: found in the graph
+                hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+            ).save_model_to_file(str(fused_path))
+        fused = _pooled(
+            onnxruntime.InferenceSession(str(fused_path), providers=["CPUExecutionProvider"]), texts
+        )
+    except Exception as exc:  # the optimizer's failure costs the fusion only
+        log.info("onnx.not_fused", extra={"error": f"{type(exc).__name__}: {exc}"})
+        fused_path.unlink(missing_ok=True)
+        return
+    cosine = float((fused * traced).sum(axis=1).min())
+    if cosine >= FUSED_MIN_COSINE:
+        os.replace(fused_path, path)
+    else:
+        log.info("onnx.not_fused", extra={"error": f"the fused graph's vectors differ (cosine {cosine:.6f})"})
+        fused_path.unlink()
+
+
+def _pooled(session: Any, features: dict[str, np.ndarray]) -> np.ndarray:
+    """A session's normalised vectors of `features`."""
+    (pooled,) = session.run(None, features)
+    pooled = np.asarray(pooled, np.float32)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
 
 def _features(embedder: Embedder, texts: list[str]) -> dict[str, np.ndarray]:
@@ -140,6 +216,10 @@ class OnnxEncoder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        # The pool's threads spin while a run lasts (fast hand-offs between operators) but stop when
+        # it returns: spinning on between questions cost 5.7 ms of CPU a question instead of 3.5, CPU
+        # the event loop needs, for the same latency (1.76 and 1.79 ms).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.embedder = embedder
         self.info = embedder.info
@@ -148,10 +228,7 @@ class OnnxEncoder:
     def encode_short(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.info.dimension), dtype=np.float32)
-        (pooled,) = self.session.run(None, _features(self.embedder, list(texts)))
-        pooled = np.asarray(pooled, np.float32)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return pooled / np.maximum(norms, 1e-12)
+        return _pooled(self.session, _features(self.embedder, list(texts)))
 
 
 def load_onnx_encoder(

@@ -52,6 +52,42 @@ def test_the_onnx_encoder_gives_the_pytorch_vectors(embedder: Embedder, tmp_path
     assert encoder.encode_short([]).shape == (0, embedder.info.dimension)
 
 
+def test_the_export_fuses_the_transformer_and_leaves_the_model_as_it_was(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    import onnx
+
+    transformer = embedder.model[0].auto_model
+    before = transformer.config._attn_implementation
+    encoder = ox.load_onnx_encoder(embedder, tmp_path)
+    operators = {node.op_type for node in onnx.load(str(encoder.path)).graph.node}
+    # ONNX Runtime's fused operators, in place of the traced attention and layer norms
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= operators
+    assert "Softmax" not in operators
+    assert transformer.config._attn_implementation == before  # traced eager, set back after
+    assert not list(tmp_path.glob(".tmp-*"))  # no temporary file left behind
+
+
+def test_a_failed_fusion_keeps_the_traced_graph(
+    embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The optimizer is made to fail (a stand-in: the real one fuses this model): the export is the
+    traced graph, which still gives the PyTorch vectors."""
+    import onnx
+    import onnxruntime.transformers.optimizer as optimizer
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no pattern")
+
+    monkeypatch.setattr(optimizer, "optimize_model", failing)
+    encoder = ox.load_onnx_encoder(embedder, tmp_path)
+    operators = {node.op_type for node in onnx.load(str(encoder.path)).graph.node}
+    assert "Attention" not in operators and "Softmax" in operators
+    expected = embedder.encode_short(QUESTIONS)
+    assert float((encoder.encode_short(QUESTIONS) * expected).sum(axis=1).min()) >= ox.MIN_COSINE
+    assert not list(tmp_path.glob("*.fused"))
+
+
 def test_one_export_per_weights(embedder: Embedder, tmp_path: Path) -> None:
     first = ox.load_onnx_encoder(embedder, tmp_path)
     written = first.path.stat().st_mtime_ns
