@@ -79,7 +79,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     embedder = load_embedder(settings.model, args.batch)
     fp32 = load_onnx_encoder(embedder)
     int8_path = Path(tempfile.mkdtemp(prefix="ragqa-int8-")) / "int8.onnx"
-    quantize_dynamic(str(fp32.path), str(int8_path), weight_type=QuantType.QInt8)
+    import onnx
+
+    quantize_dynamic(
+        str(fp32.path),
+        str(int8_path),
+        weight_type=QuantType.QInt8,
+        # the fused operators' outputs have no inferred type: they are float tensors
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     options = fp32.session.get_session_options()  # the service's: every core, spinning stops after a run
     int8 = onnxruntime.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
     docs = read_corpus(args.corpus, max(args.sizes))

@@ -3,6 +3,7 @@ or local path when configured. Vectors are float32 and L2-normalised, so inner p
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -85,6 +86,19 @@ class Embedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def weights_digest(self) -> str:
+        """A digest of the model's weights: every parameter and buffer, by name, in order (computed
+        each call, 0.1 s for this model: weights can change in place). Equal digests, equal vectors;
+        the manifest records it, and the service serves only a version of the weights it loaded."""
+        import torch
+
+        digest = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            digest.update(name.encode())
+            raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # any dtype, as bytes
+            digest.update(raw.numpy().tobytes())
+        return digest.hexdigest()[:32]
 
     def encode_short(self, texts: Sequence[str]) -> np.ndarray:
         """`encode` for a handful of short texts (questions), in one forward pass of the model's own

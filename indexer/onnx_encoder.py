@@ -56,15 +56,14 @@ def default_cache() -> Path:
 
 
 def export_key(embedder: Embedder) -> str:
-    """A key of the model's weights (every parameter and buffer, in order), its modules, this export's
-    version and the versions of torch and onnx: it changes when any of them does."""
+    """A key of the model's weights (Embedder.weights_digest), its modules, this export's version and
+    the versions of torch, onnx, onnxruntime, sentence-transformers and transformers: it changes when
+    any of them does."""
     digest = hashlib.sha256()
-    for library in ("torch", "onnx", "sentence-transformers", "transformers"):
+    for library in ("torch", "onnx", "onnxruntime", "sentence-transformers", "transformers"):
         digest.update(f"{library}={importlib.metadata.version(library)};".encode())
     digest.update(f"export={EXPORT_VERSION};opset={OPSET};modules={list(embedder.model)!r};".encode())
-    for name, tensor in embedder.model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(embedder.weights_digest().encode())
     return digest.hexdigest()[:32]
 
 

@@ -162,6 +162,8 @@ def _index(
     entries = _deleted(store, live, removed) if live is not None else []
     manifest = live.manifest if live is not None else None
     if plan.documents:
+        if live is not None:  # the new segment's vectors beside the live ones: the same weights
+            st.check_weights(store, live.manifest.model, builder.weights)
         data = builder.build(plan)
         average = live.average_length() if live is not None else None
         entries.append(sg.write_segment(store, data, average_length=average))
@@ -174,7 +176,8 @@ def _index(
     # the previous commit stays readable for a service still loading it
     sg.collect_garbage(store, [commit] + ([previous] if previous is not None else []))
     if removed:  # forget the vectors of chunks no segment holds any more
-        builder.cache.keep_only(settings.model, sg.LiveStore.open(store).chunk_hashes())
+        live_now = sg.LiveStore.open(store)
+        builder.cache.keep_only(st.cache_key(live_now.manifest.model), live_now.chunk_hashes())
 
     counts = commit.manifest.counts
     report = IndexReport(
@@ -395,6 +398,11 @@ class _VersionBuilder:
         return self._embedder
 
     @cached_property
+    def weights(self) -> str:
+        """The model's weights_digest: in the manifest, and in the embedding cache's keys."""
+        return self.embedder.weights_digest()
+
+    @cached_property
     def chunker(self) -> Chunker:
         """The chunker of the configured model and settings (the tokenizer budgets the chunks)."""
         fingerprint = chunker_fingerprint(self.settings, self.embedder.info.max_seq_length)
@@ -431,14 +439,14 @@ class _VersionBuilder:
                 texts.append(text)
 
         vectors, sentence_vectors = self._vectors(chunks, texts, info.dimension)
-        manifest = _manifest(info, fingerprint, len(plan.documents), chunks)
+        manifest = _manifest(info, self.weights, fingerprint, len(plan.documents), chunks)
         return st.VersionData(manifest, plan.documents, chunks, plan.files, vectors, sentence_vectors, texts)
 
     def _vectors(
         self, chunks: list[st.ChunkRecord], texts: list[str], dimension: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every chunk's vector and its sentences' vectors: from the cache, or embedded now."""
-        model = self.settings.model
+        model = st.cache_key(st.ModelSpec(self.settings.model, dimension, 0, weights=self.weights))
         known = self.cache.get_many(model, (c.hash for c in chunks), dimension)
         missing: dict[str, tuple[str, list[st.Span]]] = {}
         for chunk, text in zip(chunks, texts, strict=True):
@@ -482,12 +490,14 @@ class _VersionBuilder:
 
 
 def _manifest(
-    info: ModelInfo, chunker: st.ChunkerSpec, documents: int, chunks: list[st.ChunkRecord]
+    info: ModelInfo, weights: str, chunker: st.ChunkerSpec, documents: int, chunks: list[st.ChunkRecord]
 ) -> st.Manifest:
     return st.Manifest(
         format=st.FORMAT_VERSION,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        model=st.ModelSpec(info.name, info.dimension, info.max_seq_length, info.normalized),
+        model=st.ModelSpec(
+            info.name, info.dimension, info.max_seq_length, info.normalized, st.PASSAGE_ENCODER, weights
+        ),
         chunker=chunker,
         embedded_text=EMBEDDED_TEXT,
         sentence_vectors=SENTENCE_VECTORS,

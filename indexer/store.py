@@ -147,6 +147,9 @@ class FileRecord:
 # --- manifest --------------------------------------------------------------------------------
 
 
+PASSAGE_ENCODER = "pytorch"  # bench/passage_encoders.py: ONNX Runtime is slower for passages, int8 differs
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The embedding model every vector of the version comes from."""
@@ -155,6 +158,11 @@ class ModelSpec:
     dimension: int
     max_seq_length: int
     normalized: bool = True  # L2-normalised vectors: inner product is cosine
+    # What computed the passages' vectors: "pytorch" (sentence-transformers); questions are encoded by
+    # whatever gives the same vectors (the ONNX export is checked against PyTorch at every load).
+    encoder: str = PASSAGE_ENCODER
+    # indexer.embedding.weights_digest of the model; "" in versions written before it was recorded
+    weights: str = ""
 
 
 @dataclass(frozen=True)
@@ -527,6 +535,26 @@ def check_model(store: Path, manifest: Manifest, model_name: str) -> None:
             f"({manifest.model.dimension} dimensions), but the configured model is "
             f"{model_name!r}. Either configure RAGQA_MODEL={built_with!r}, or rebuild the store "
             f"for the new model: ragqa-index --rebuild --store {store} PATH..."
+        )
+
+
+def cache_key(model: ModelSpec) -> str:
+    """The embedding cache's key of a model's vectors: its name and weights digest (the name alone for
+    a version that records no digest, as the cache was keyed before)."""
+    return f"{model.name}@{model.weights}" if model.weights else model.name
+
+
+def check_weights(store: str | Path, model: ModelSpec, weights: str) -> None:
+    """ModelMismatchError when the version's vectors come from other weights than `weights` (the
+    configured model's weights_digest) under the same model name: a model folder changed, or another
+    model given the same name. A version that records no digest is not checked."""
+    built_with = model.weights
+    if built_with and built_with != weights:
+        raise ModelMismatchError(
+            f"the store {store} was built with other weights of the model {model.name!r} "
+            f"(digest {built_with}, the configured model's is {weights}): its vectors are not this "
+            f"model's. Configure the model it was built with, or rebuild the store: "
+            f"ragqa-index --rebuild --store {store} PATH..."
         )
 
 

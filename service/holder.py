@@ -30,6 +30,9 @@ class IndexHolder:
         self.interval = interval
         self.last_error: str | None = None
         self.unavailable: str | None = None  # why the store's engine does not answer, while it does not
+        # the loaded model's weights digest, once it is known (require_weights): a version of other
+        # weights is not served
+        self.weights: str | None = None
         self._current: LoadedIndex | None = None
         self._watch = VersionWatch(store)
         self._stop = threading.Event()
@@ -74,6 +77,8 @@ class IndexHolder:
             return False
         try:
             index = LoadedIndex.load(self.store, self.model_name, version_id, previous=self._current)
+            if self.weights is not None:
+                st.check_weights(self.store, index.model, self.weights)
         except st.StoreUnavailableError as exc:
             self._unavailable(exc)
             return False
@@ -87,6 +92,21 @@ class IndexHolder:
         self.last_error = None
         log.info("index.loaded", extra={"version": version_id, "previous": served})
         return True
+
+    def require_weights(self, weights: str) -> None:
+        """Serve only versions whose vectors come from these weights (the model the service loaded,
+        indexer.embedding's weights_digest), the version already loaded included: the version is
+        opened while the model loads, before its digest is known."""
+        self.weights = weights
+        index = self._current
+        if index is None:
+            return
+        try:
+            st.check_weights(self.store, index.model, weights)
+        except st.ModelMismatchError as exc:
+            self._current = None
+            self.last_error = f"could not load index version {index.version_id}: {exc}"
+            log.error("index.load_failed", extra={"version": index.version_id, "error": str(exc)})
 
     def _unavailable(self, exc: Exception) -> None:
         if self.unavailable is None:

@@ -61,6 +61,11 @@ class LoadedIndex:
         return self._reader.manifest.model.name
 
     @property
+    def model(self) -> st.ModelSpec:
+        """The model the version's vectors come from (name, encoder, weights digest)."""
+        return self._reader.manifest.model
+
+    @property
     def document_count(self) -> int:
         return self._reader.document_count
 

@@ -50,6 +50,7 @@ class Runtime:
         encoder.submit("warm up the model before the first question").result()
         reranker = load_reranker(settings.reranker) if settings.reranker else None
         opening.join()
+        holder.require_weights(embedder.weights_digest())
         qa = QAService(settings, holder, encoder, Retriever(settings, reranker))
         return cls(settings, metrics, holder, encoder, qa, Jobs(settings))
 

@@ -7,10 +7,15 @@ import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from indexer.embedding import Embedder
 
 WORDS = (
     "alliance border capital ceasefire charter coalition council delegation diplomacy election envoy "
@@ -105,3 +110,20 @@ def as_written_before_records(folder: Path, sentence_vectors: np.ndarray | None 
     del manifest["sentence_vectors_dtype"]
     text = json.dumps(manifest, ensure_ascii=False, indent=1)
     (folder / "manifest.json").write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def perturbed(embedder: Embedder) -> Iterator[None]:
+    """The model with one weight changed (other weights under the same name), restored on exit. The
+    indexer and an in-process service use this same instance (load_embedder caches it)."""
+    import torch
+
+    parameter = next(embedder.model.parameters())
+    saved = parameter.detach().clone()
+    with torch.no_grad():
+        parameter.mul_(1.5)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            parameter.copy_(saved)

@@ -5,17 +5,16 @@ service falling back to PyTorch then."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from indexer import onnx_encoder as ox
 from indexer.embedding import Embedder
 from service.encoder import question_encoder
+from tests.indexer.helpers import perturbed
 
 pytestmark = pytest.mark.unit
 
@@ -26,20 +25,6 @@ QUESTIONS = [
     "Ünïcode, 日本語 and an emoji 🙂?",
     "a",
 ]
-
-
-@contextmanager
-def perturbed(embedder: Embedder) -> Iterator[None]:
-    """The model with one weight changed, restored on exit."""
-    parameter = next(embedder.model.parameters())
-    saved = parameter.detach().clone()
-    with torch.no_grad():
-        parameter.mul_(1.5)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            parameter.copy_(saved)
 
 
 def test_the_onnx_encoder_gives_the_pytorch_vectors(embedder: Embedder, tmp_path: Path) -> None:
@@ -57,14 +42,15 @@ def test_the_export_fuses_the_transformer_and_leaves_the_model_as_it_was(
 ) -> None:
     import onnx
 
-    transformer = embedder.model[0].auto_model
-    before = transformer.config._attn_implementation
+    transformer: Any = embedder.model[0].auto_model
+    config = transformer.config
+    before = config._attn_implementation
     encoder = ox.load_onnx_encoder(embedder, tmp_path)
     operators = {node.op_type for node in onnx.load(str(encoder.path)).graph.node}
     # ONNX Runtime's fused operators, in place of the traced attention and layer norms
     assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= operators
     assert "Softmax" not in operators
-    assert transformer.config._attn_implementation == before  # traced eager, set back after
+    assert config._attn_implementation == before  # traced eager, set back after
     assert not list(tmp_path.glob(".tmp-*"))  # no temporary file left behind
 
 

@@ -13,7 +13,7 @@ from indexer import store as st
 from indexer.config import IndexSettings
 from indexer.pipeline import NothingToIndexError, run_index
 from indexer.reader import open_reader
-from tests.indexer.helpers import last_json, paragraph, run_cli, single_segment, write_corpus
+from tests.indexer.helpers import last_json, paragraph, perturbed, run_cli, single_segment, write_corpus
 
 SEED_QUESTION = "Why did Armenia freeze CSTO membership?"
 
@@ -56,7 +56,12 @@ def test_store_holds_exact_offsets_normalised_vectors_and_a_bm25_index(tmp_path,
     version = single_segment(store, model_name=IndexSettings().model)
     manifest = version.manifest
     assert manifest.model == st.ModelSpec(
-        name="sentence-transformers/all-MiniLM-L6-v2", dimension=384, max_seq_length=256, normalized=True
+        name="sentence-transformers/all-MiniLM-L6-v2",
+        dimension=384,
+        max_seq_length=256,
+        normalized=True,
+        encoder="pytorch",
+        weights=embedder.weights_digest(),
     )
     assert manifest.counts.chunks == len(version.chunks)
     seed_text = (repo / "seeds" / "000_c691a4b25f50d746.txt").read_text(encoding="utf-8")
@@ -262,3 +267,29 @@ def test_jsonl_documents_keep_their_ids_titles_and_metadata(tmp_path):
     version = single_segment(tmp_path / "store")
     assert version.documents["wiki:Armenia#0"].metadata == {"lang": "en"}
     assert version.documents["wiki:Georgia#0"].title == "Georgia"
+
+
+@pytest.mark.unit
+def test_vectors_of_other_weights_under_the_same_name_are_never_mixed(tmp_path):
+    """A model folder whose weights changed keeps its name: the manifest's weights digest tells the
+    versions apart. The indexer refuses to add to a store built with other weights, and its embedding
+    cache does not hand back their vectors on the rebuild."""
+    from indexer.embedding import load_embedder
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 1, paragraphs=1)
+    store = tmp_path / "store"
+    settings = settings_for(store)
+    embedder = load_embedder(settings.model, settings.batch_size)  # the indexer's own instance
+    with perturbed(embedder):
+        other = embedder.weights_digest()
+        run_index([corpus], settings_for(store))
+    assert other != embedder.weights_digest()
+    assert open_reader(store).manifest.model.weights == other
+
+    write_corpus(corpus, 2, paragraphs=1)  # one more document: vectors to add beside the others
+    with pytest.raises(st.ModelMismatchError, match="other weights"):
+        run_index([corpus], settings_for(store))
+    report = run_index([corpus], settings_for(store), rebuild=True)
+    assert report.embedded == report.chunks  # nothing reused from the other weights' cache entries
+    assert open_reader(store).manifest.model.weights == embedder.weights_digest()
