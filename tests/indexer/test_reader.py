@@ -78,6 +78,8 @@ def test_a_written_manifest_reads_back_in_todays_layout_plus_tokenizer_and_dtype
     expected = json.loads(json.dumps(OLDER_MANIFEST))
     expected["index"]["lexical_tokenizer"] = {"library": "bm25s", "stopwords": "en", "lower": True}
     expected["sentence_vectors_dtype"] = "float16"  # a manifest made today: new versions store float16
+    # what encoded the passages, and no weights digest (an older version's model records none)
+    expected["model"].update(encoder="pytorch", weights="")
     assert raw == expected
     keys = list(OLDER_MANIFEST)  # the same keys in the same order, the dtype after its description
     keys.insert(keys.index("sentence_vectors") + 1, "sentence_vectors_dtype")
