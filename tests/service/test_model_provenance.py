@@ -16,7 +16,7 @@ from service.metrics import Metrics
 from service.runtime import Runtime
 from tests.indexer.helpers import perturbed
 
-pytestmark = pytest.mark.service
+pytestmark = pytest.mark.unit
 
 
 def test_a_store_of_other_weights_is_not_served_until_rebuilt(tmp_path: Path, repo: Path) -> None:
