@@ -221,6 +221,7 @@ class OnnxEncoder:
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.embedder = embedder
+        self.tokenizer = embedder.tokenizer
         self.info = embedder.info
         self.path = path
 

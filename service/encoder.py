@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,8 @@ CACHE_SIZE = 4096
 
 
 class QuestionEncoder(Protocol):
+    tokenizer: Any  # the model's tokenizer (a Hugging Face one)
+
     def encode_short(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised float32 vectors of a few short texts, one row each."""
         ...

@@ -1,9 +1,14 @@
 """Errors as JSON with a message a person can read: the exception handlers, registered on an app by
-`add_error_handlers`, and the error responses the routes document in OpenAPI."""
+`add_error_handlers`, and the error responses the routes document in OpenAPI.
+
+Two shapes. The ragqa API answers {"error": "message"} (422 for invalid input). The OpenAI-compatible
+routes (OPENAI_PATHS: service/routes/chat.py) answer OpenAI's {"error": {"message", "type", "param",
+"code"}} (400 for invalid input), which the OpenAI clients parse."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer.store import StoreUnavailableError
 from service import writes
+from service.chat import OpenAIError
 from service.holder import NotReadyError
 from service.schemas import ErrorResponse
 
@@ -25,6 +31,45 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no valid API key"},
     403: {"model": ErrorResponse, "description": "the write API is disabled (no keys configured)"},
 }
+
+
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": OpenAIError, "description": "invalid request (OpenAI's invalid_request_error)"},
+    401: {"model": OpenAIError, "description": "no valid API key (when reads require one)"},
+    403: {"model": OpenAIError, "description": "reads require a key and no keys are configured"},
+    413: {"model": OpenAIError, "description": "request body too large"},
+    503: {"model": OpenAIError, "description": "no index loaded yet, or the store does not answer"},
+}
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error"}
+OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large", 503: "not_ready"}
+
+
+def openai_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in OPENAI_PATHS)
+
+
+def openai_error(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """An error in OpenAI's shape; its type follows the status (invalid_request_error for a 4xx,
+    server_error for a 5xx, as OpenAI's clients expect)."""
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"message": message, "type": kind, "param": param, "code": code or OPENAI_CODES.get(status)}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def error_response(
+    path: str, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """An error in the shape the route at `path` answers in."""
+    if openai_path(path):
+        return openai_error(status, message, headers=headers)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -47,6 +92,10 @@ async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse
             continue
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
         problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    if openai_path(request.url.path):
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        return openai_error(400, "invalid request: " + "; ".join(problems), param=param)
     detail = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
     ]
@@ -62,9 +111,9 @@ async def bad_upload(request: Request, exc: writes.UploadError) -> JSONResponse:
 async def not_ready(request: Request, exc: Exception) -> JSONResponse:
     """503: no index loaded yet (NotReadyError), or the store's engine failed during the request
     (StoreUnavailableError: a Milvus server down, unreachable or too slow)."""
-    return JSONResponse({"error": f"not ready: {exc}"}, status_code=503)
+    return error_response(request.url.path, 503, f"not ready: {exc}")
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+    return error_response(request.url.path, exc.status_code, message, exc.headers)

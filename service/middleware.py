@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer import logs
+from service.errors import error_response
 from service.metrics import Metrics
 
 log = logging.getLogger("ragqa.service")
@@ -87,8 +88,8 @@ def _too_large_message(limit: int) -> str:
     return f"request body too large: the limit is {limit} bytes"
 
 
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"error": _too_large_message(limit)}, status_code=413)
+def _too_large(limit: int, path: str) -> JSONResponse:
+    return error_response(path, 413, _too_large_message(limit))
 
 
 class BodyLimitMiddleware:
@@ -108,7 +109,7 @@ class BodyLimitMiddleware:
         limit = self.uploads if uploading else self.limit
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, scope.get("path", ""))(scope, receive, send)
             return
         received = 0
 

@@ -145,6 +145,11 @@ class QAService:
             ),
         )
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` by the embedding model's tokenizer (the usage of a chat completion)."""
+        encoded = self.encoder.embedder.tokenizer(text, add_special_tokens=False, verbose=False)
+        return len(encoded["input_ids"])
+
     async def close(self) -> None:
         if self.llm is not None:
             await self.llm.aclose()

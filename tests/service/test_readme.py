@@ -35,7 +35,8 @@ def curl_examples() -> list[str]:
 @pytest.mark.unit
 def test_the_readme_has_curl_examples_for_every_route() -> None:
     commands = " ".join(curl_examples())
-    for route in ("/v1/ask", "/v1/search", "/v1/documents", "/healthz", "/readyz", "/metrics"):
+    routes = ("/v1/ask", "/v1/search", "/v1/documents", "/v1/chat/completions", "/v1/models", "/healthz")
+    for route in (*routes, "/readyz", "/metrics"):
         assert route in commands
 
 
@@ -59,6 +60,13 @@ def test_readme_curl_example(command: str, server: Server) -> None:
         assert "event: done" in body
         return
     answer: dict[str, Any] = json.loads(body)
+    if "/v1/chat/completions" in command:  # OpenAI's form: the answer is the assistant's message
+        content = answer["choices"][0]["message"]["content"]
+        assert "security guarantees" in content and answer["ragqa"]["citations"][0]["excerpt"] in content
+        return
+    if "/v1/models" in command:
+        assert [m["id"] for m in answer["data"]] == ["ragqa-extractive"]
+        return
     if "Why did Armenia freeze" in command and "history" not in command:
         assert "security guarantees" in answer["answer"] and not answer["abstained"]
         assert answer["citations"][0]["excerpt"] in answer["answer"]
