@@ -12,6 +12,13 @@ const send = document.getElementById("send");
 const sourcePrefix = document.getElementById("source-prefix");
 const statusLine = document.getElementById("status");
 const viewer = document.getElementById("viewer");
+const keyDialog = document.getElementById("key-dialog");
+const keyForm = document.getElementById("key-form");
+const keyInput = document.getElementById("key-input");
+const keyMessage = document.getElementById("key-message");
+const keySave = document.getElementById("key-save");
+const keyForget = document.getElementById("key-forget");
+const keyButton = document.getElementById("key-button");
 const documents = new Map(); // doc_id → promise of the document (fetched once)
 let turns = []; // the conversation so far, sent as `history` with each question
 
@@ -25,6 +32,172 @@ function element(tag, className, text) {
 function scrollToEnd() {
   conversation.scrollTop = conversation.scrollHeight;
 }
+
+// --- the API key -------------------------------------------------------------------------------
+// With RAGQA_READ_REQUIRES_KEY=true every read (ask, documents) needs `Authorization: Bearer KEY`.
+// The page learns it from a 401: at load (one small read, `PROBE`) or from any later call. It then
+// asks for the key in its dialog, keeps it in this tab's sessionStorage only (gone with the tab;
+// never localStorage, never a cookie) and sends it in that header on every call to the service,
+// never in a URL. Nothing is retried by itself: a call that answers 401 fails, and only the user's
+// next action (entering a key, asking again) makes another request.
+
+const KEY_ITEM = "ragqa.apiKey";
+const PROBE = "/v1/documents?offset=0&limit=1"; // the smallest read there is
+const KEY_NEEDED = "This service needs an API key to answer questions. Enter the key you were given.";
+let memoryKey = null; // only if this browser refuses sessionStorage: then the key lasts as long as the page
+let keyRequired = false; // the service answered 401 to a read
+
+class KeyNeeded extends Error {}
+
+function storedKey() {
+  try {
+    return window.sessionStorage.getItem(KEY_ITEM);
+  } catch (_) {
+    return memoryKey;
+  }
+}
+
+function storeKey(key) {
+  try {
+    window.sessionStorage.setItem(KEY_ITEM, key);
+  } catch (_) {
+    memoryKey = key;
+  }
+  updateKeyButton();
+}
+
+function forgetKey() {
+  memoryKey = null;
+  try {
+    window.sessionStorage.removeItem(KEY_ITEM);
+  } catch (_) {
+    // nothing was stored there
+  }
+  documents.clear(); // what was read with the key is not kept without it
+  updateKeyButton();
+}
+
+function updateKeyButton() {
+  const key = storedKey();
+  keyButton.hidden = !key && !keyRequired;
+  keyButton.textContent = key ? "Change API key" : "Enter API key";
+}
+
+function withKey(headers, key) {
+  const all = new Headers(headers);
+  if (key) all.set("Authorization", `Bearer ${key}`);
+  return all;
+}
+
+// The text of the service's {"error": ...} answer, or "" when it has none.
+async function serverError(response) {
+  try {
+    const body = await response.json();
+    return typeof body.error === "string" ? body.error : "";
+  } catch (_) {
+    return "";
+  }
+}
+
+function rejectedText(reason) {
+  const said = reason ? ` (the service said: “${reason}”)` : "";
+  return `The API key was not accepted${said}. Check it and enter it again.`;
+}
+
+// Opens the key dialog (empty: closing it clears what was typed) with `message`, or shows `message`
+// in it if it is open already; `problem` shows it as an error.
+function askForKey(message, problem) {
+  keyMessage.textContent = message;
+  keyMessage.classList.toggle("bad", Boolean(problem));
+  keyForget.hidden = !storedKey();
+  if (!keyDialog.open) keyDialog.showModal();
+  keyInput.focus();
+}
+
+// fetch() for the service: the tab's key, if it has one, goes in the Authorization header. A 401
+// opens the key dialog (a key the service refused is forgotten) and fails with KeyNeeded.
+async function api(url, options = {}) {
+  const key = storedKey();
+  const response = await fetch(url, { ...options, headers: withKey(options.headers, key) });
+  if (response.status !== 401) return response;
+  keyRequired = true;
+  updateKeyButton();
+  const reason = await serverError(response);
+  const current = storedKey();
+  if (current && current !== key) throw new KeyNeeded("this was sent before the new key was entered: try again");
+  if (key) {
+    forgetKey();
+    askForKey(rejectedText(reason), true);
+    throw new KeyNeeded("the API key was not accepted: enter it again, then try again");
+  }
+  askForKey(KEY_NEEDED, false);
+  throw new KeyNeeded("this service needs an API key: enter it, then try again");
+}
+
+// At load: does reading need a key (and is the tab's key still good)? A 401 opens the dialog.
+async function checkAccess() {
+  try {
+    await api(PROBE);
+  } catch (_) {
+    // KeyNeeded has opened the dialog; an unreachable service is reported by checkReady
+  }
+  updateKeyButton();
+}
+
+// The dialog's "Use this key": one request checks the key; only a key the service accepts is kept.
+async function submitKey(event) {
+  event.preventDefault();
+  const key = keyInput.value.trim();
+  if (!key) {
+    askForKey("Enter a key first.", true);
+    return;
+  }
+  if (!/^[\x20-\x7e]+$/.test(key)) {
+    askForKey("An API key is made of letters, digits and ASCII punctuation only. Check it and enter it again.", true);
+    return;
+  }
+  keySave.disabled = true;
+  keyMessage.classList.remove("bad");
+  keyMessage.textContent = "Checking the key…";
+  try {
+    const response = await fetch(PROBE, { headers: withKey({}, key) });
+    if (response.status === 401) {
+      keyInput.value = "";
+      askForKey(rejectedText(await serverError(response)), true);
+    } else if (response.status === 403) {
+      const reason = await serverError(response);
+      askForKey(`The service refuses reading${reason ? `: ${reason}` : ""}.`, true);
+    } else {
+      storeKey(key);
+      keyInput.value = "";
+      keyDialog.close();
+    }
+  } catch (error) {
+    askForKey(`Could not reach the service (${error.message}). Try again.`, true);
+  } finally {
+    keySave.disabled = false;
+  }
+}
+
+keyForm.addEventListener("submit", submitKey);
+
+keyForget.addEventListener("click", () => {
+  forgetKey();
+  askForKey("The key is forgotten: this tab no longer has one. Enter a key to ask questions.", false);
+});
+
+document.getElementById("key-cancel").addEventListener("click", () => keyDialog.close());
+
+keyDialog.addEventListener("close", () => {
+  keyInput.value = "";
+});
+
+keyButton.addEventListener("click", () => {
+  const message = storedKey()
+    ? "This tab has an API key. Enter another one to replace it, or forget it."
+    : KEY_NEEDED;
+  askForKey(message, false);
+});
 
 // --- talking to the service -------------------------------------------------------------------
 
@@ -70,7 +243,7 @@ async function* events(response) {
 
 function fetchDocument(docId) {
   if (!documents.has(docId)) {
-    const promise = fetch(`/v1/documents/${encodeURIComponent(docId)}`).then(async (response) => {
+    const promise = api(`/v1/documents/${encodeURIComponent(docId)}`).then(async (response) => {
       if (!response.ok) throw new Error(await errorMessage(response));
       return response.json();
     });
@@ -185,7 +358,7 @@ async function ask(text) {
   const citations = new Map();
   let done = null;
   try {
-    const response = await fetch("/v1/ask", {
+    const response = await api("/v1/ask", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ question: text, history: turns, stream: true, ...(filter ? { filter } : {}) }),
@@ -205,6 +378,7 @@ async function ask(text) {
     turn.className = "turn assistant error";
     const message = error instanceof TypeError ? `Could not reach the service (${error.message}).` : error.message;
     turn.append(element("p", "", `Error: ${message}`));
+    if (error instanceof KeyNeeded && !question.value) question.value = text; // to ask again with the key
     scrollToEnd();
     return;
   }
@@ -263,7 +437,7 @@ document.getElementById("viewer-close").addEventListener("click", closeViewer);
 
 async function checkReady() {
   try {
-    const response = await fetch("/readyz");
+    const response = await api("/readyz");
     const body = await response.json();
     statusLine.textContent = response.ok ? `ready · index ${body.index_version}` : body.error;
     statusLine.classList.toggle("bad", !response.ok);
@@ -274,4 +448,5 @@ async function checkReady() {
 }
 
 checkReady();
+checkAccess();
 question.focus();

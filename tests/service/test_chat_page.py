@@ -1,6 +1,8 @@
 """The chat page in a real browser: Debian's chromium, driven by Playwright, against the real app
 (`python -m service.cli`) on 127.0.0.1, over a store of the seed article, the small extra documents
-and a document full of HTML that must stay inert text."""
+and a document full of HTML that must stay inert text. The same store is served twice: with open reads
+(`page_server`), and with reads behind API keys (`keyed_server`: RAGQA_READ_REQUIRES_KEY=true), where
+the page has to ask for a key, keep it for the tab only and send it with every call."""
 
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
 from tests.service.conftest import (
+    AUTH,
     CORPUS,
+    KEY,
     STOLTENBERG,
     Server,
     index,
@@ -44,14 +48,41 @@ pytestmark = [
 ]
 
 
+WRONG_KEY = "not-the-key"
+KEY_ITEM = "ragqa.apiKey"  # where app.js keeps the key in sessionStorage
+VIEWPORT = {"width": 1280, "height": 800}
+
+
 @pytest.fixture(scope="module")
-def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def page_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("chat-page")
     extra = write_extra_documents(root / "extra")
     (extra / "beekeeping.txt").write_text(HOSTILE, encoding="utf-8")
     assert index([CORPUS, extra], root / "store").documents == 4
-    server = start_server(root / "store", root / "server.log", ready_path="/readyz")
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def page_server(page_store: Path) -> Iterator[Server]:
+    server = start_server(page_store, page_store.parent / "server.log", ready_path="/readyz")
     try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(page_store: Path) -> Iterator[Server]:
+    """The same store served with reads behind keys (the service only reads its store)."""
+    server = start_server(
+        page_store,
+        page_store.parent / "keyed-server.log",
+        ready_path="/readyz",
+        api_keys=f"{KEY},other-key",
+        read_requires_key="true",
+    )
+    try:
+        assert server.client.post("/v1/ask", json={"question": ARMENIA}).status_code == 401
         yield server
     finally:
         stop_server(server)
@@ -78,23 +109,84 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture
-def page(browser: Any, page_server: Server, tmp_path: Path) -> Iterator[Any]:
-    """A fresh page on the chat page, recording every request it makes and every script error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+def open_page(context: Any, base_url: str) -> Any:
+    """A new tab of `context` on the chat page, recording every request it makes, every script error,
+    every native dialog (alert, prompt) and every console message."""
     page = context.new_page()
-    page.requests, page.errors, page.dialogs = [], [], []
+    page.requests, page.errors, page.dialogs, page.console = [], [], [], []
     page.on("request", lambda request: page.requests.append(request))
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-    page.goto(page_server.base_url + "/")
+    page.on("console", lambda message: page.console.append(message.text))
+    page.goto(base_url + "/")
     # Locator assertions, not wait_for_function: polling a JavaScript string is an eval, which the
     # page's Content-Security-Policy forbids.
     expect(page.locator("#status")).to_have_text(re.compile(r"^ready"), timeout=30_000)
+    return page
+
+
+@pytest.fixture
+def page(browser: Any, page_server: Server, tmp_path: Path) -> Iterator[Any]:
+    """A fresh page on the chat page of the service with open reads."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = open_page(context, page_server.base_url)
     yield page
     page.screenshot(path=str(tmp_path / "chat-page.png"), full_page=True)
     context.close()
     assert page.errors == [], page.errors
+
+
+@pytest.fixture
+def keyed_page(browser: Any, keyed_server: Server, tmp_path: Path) -> Iterator[Any]:
+    """A fresh page on the chat page of the service whose reads need a key. At the end: no script
+    error, no native dialog, and the key was never in a URL, the console, localStorage or a cookie."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = open_page(context, keyed_server.base_url)
+    yield page
+    page.screenshot(path=str(tmp_path / "keyed-chat-page.png"), full_page=True)
+    try:
+        assert_key_kept_private(page)
+    finally:
+        context.close()
+    assert page.errors == [] and page.dialogs == [], (page.errors, page.dialogs)
+
+
+def key_dialog(page: Any) -> Any:
+    return page.get_by_role("dialog", name="API key")
+
+
+def key_box(page: Any) -> Any:
+    return page.get_by_label("Enter the API key")
+
+
+def enter_key(page: Any, key: str) -> None:
+    key_box(page).fill(key)
+    key_box(page).press("Enter")
+
+
+def session_values(page: Any) -> list[str]:
+    """Every value in the tab's sessionStorage."""
+    return page.evaluate("() => Object.values(sessionStorage)")  # type: ignore[no-any-return]
+
+
+def api_requests(page: Any) -> list[Any]:
+    """The page's calls to the service's API, in order (not the page, its script and its style)."""
+    return [r for r in page.requests if urlsplit(r.url).path.startswith(("/v1/", "/readyz"))]
+
+
+def authorization(request: Any) -> str | None:
+    return request.all_headers().get("authorization")  # type: ignore[no-any-return]
+
+
+def assert_key_kept_private(page: Any) -> None:
+    """Neither key the tests type was ever in a URL or in the console, and the browser holds no
+    localStorage and no cookie for the page."""
+    for secret in (KEY, WRONG_KEY):
+        assert not [r.url for r in page.requests if secret in r.url]
+        assert not [text for text in page.console if secret in text]
+    state = page.context.storage_state()
+    assert state["cookies"] == [] and all(not origin["localStorage"] for origin in state["origins"]), state
+    assert page.evaluate("() => [localStorage.length, document.cookie]") == [0, ""]
 
 
 def ask(page: Any, question: str) -> Any:
@@ -109,8 +201,14 @@ def ask(page: Any, question: str) -> Any:
     return turn
 
 
-def api_ask(server: Server, question: str, history: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    response = server.client.post("/v1/ask", json={"question": question, "history": history or []})
+def api_ask(
+    server: Server,
+    question: str,
+    history: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    body = {"question": question, "history": history or []}
+    response = server.client.post("/v1/ask", json=body, headers=headers)
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 
@@ -160,6 +258,13 @@ def test_the_seed_question_streams_an_answer_whose_citations_open_their_exact_sp
     page.screenshot(path=str(tmp_path / "answer.png"))
     # Everything the page loaded came from the app itself.
     assert {r.url.split("/")[2] for r in page.requests} == {page_server.base_url.split("/")[2]}
+
+    # Reads need no key here: the page learnt so at load, never asks for one and sends none.
+    probes = [r for r in api_requests(page) if r.url.split("?")[0].endswith("/v1/documents")]
+    assert len(probes) == 1 and probes[0].response().status == 200
+    expect(key_dialog(page)).to_be_hidden()
+    expect(page.locator("#key-button")).to_be_hidden()
+    assert [r.url for r in page.requests if authorization(r) is not None] == []
 
 
 def test_a_follow_up_sends_the_conversation(page: Any, page_server: Server) -> None:
@@ -266,5 +371,155 @@ def test_the_page_sets_a_strict_content_policy(page_server: Server) -> None:
     response = httpx.get(page_server.base_url + "/")
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    assert "unsafe-inline" not in policy and "http" not in policy
+    # Nothing inline that the policy would have to allow: no script body, no style, no handler.
+    html = response.text
+    scripts = re.findall(r"<script\b[^>]*>[^<]*</script>", html)
+    assert scripts == ['<script src="/static/app.js" defer></script>'] and html.count("<script") == 1
+    assert re.search(r"<style\b|\sstyle=|\son[a-z]+=", html) is None
     for asset in ("/static/app.js", "/static/app.css"):
         assert httpx.get(page_server.base_url + asset).status_code == 200
+
+
+# --- reads behind API keys ---------------------------------------------------------------------
+
+
+def test_a_keyed_service_gets_a_key_from_the_reader_refuses_a_wrong_one_and_answers_with_the_right_one(
+    keyed_page: Any, keyed_server: Server, tmp_path: Path
+) -> None:
+    page = keyed_page
+    dialog, box = key_dialog(page), key_box(page)
+    # At load, before any question: the page's first read answered 401, so it asks for a key in
+    # its own dialog (not a native prompt), with the box focused and the key hidden as it is typed.
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("alert")).to_contain_text("needs an API key")
+    expect(box).to_be_focused()
+    expect(box).to_have_attribute("type", "password")
+    loaded = api_requests(page)
+    assert sorted(urlsplit(r.url).path for r in loaded) == ["/readyz", "/v1/documents"]
+    probe = next(r for r in loaded if "/v1/documents" in r.url)
+    assert probe.response().status == 401 and authorization(probe) is None
+
+    # A wrong key: one request checks it, the page says it was not accepted, keeps nothing and asks again.
+    enter_key(page, WRONG_KEY)
+    alert = dialog.get_by_role("alert")
+    expect(alert).to_contain_text("not accepted")
+    expect(alert).to_contain_text("the API key is not valid")
+    expect(dialog).to_be_visible()
+    expect(box).to_have_value("")
+    expect(box).to_be_focused()
+    assert session_values(page) == []
+    page.wait_for_timeout(1500)  # nothing is retried by itself
+    checked = api_requests(page)[len(loaded) :]
+    assert len(checked) == 1 and authorization(checked[0]) == f"Bearer {WRONG_KEY}"
+    assert checked[0].response().status == 401
+    page.screenshot(path=str(tmp_path / "wrong-key.png"))
+
+    # The right key: accepted, kept in the tab's sessionStorage, and sent with every call from now on.
+    box.fill(KEY)
+    page.get_by_role("button", name="Use this key").click()
+    expect(dialog).to_be_hidden()
+    assert session_values(page) == [KEY]
+    expect(page.get_by_role("button", name="Change API key")).to_be_visible()
+    before = len(api_requests(page))
+
+    turn = ask(page, ARMENIA)
+    expected = api_ask(keyed_server, ARMENIA, headers=AUTH)
+    assert "security guarantees" in expected["answer"] and expected["citations"]
+    assert turn.locator(".answer").text_content() == expected["answer"]
+    assert "error" not in (turn.get_attribute("class") or "")
+    citation = expected["citations"][0]
+    turn.locator(f"button.marker[data-n='{citation['n']}']").click()
+    shown = highlighted(page)
+    document = keyed_server.client.get(f"/v1/documents/{quote(citation['doc_id'], safe='')}", headers=AUTH)
+    assert shown["text"] == document.json()["text"]
+    assert shown["mark"] == citation["excerpt"] and shown["start"] == citation["start"]
+
+    used = api_requests(page)[before:]
+    paths = [urlsplit(r.url).path for r in used]
+    assert paths == ["/v1/ask", f"/v1/documents/{quote(citation['doc_id'], safe='')}"], paths
+    assert used[0].all_headers()["accept"] == "text/event-stream"  # still the streaming ask
+    assert [(authorization(r), r.response().status) for r in used] == [(f"Bearer {KEY}", 200)] * 2
+    expect(dialog).to_be_hidden()
+
+
+def test_the_key_is_kept_for_the_tab_only(browser: Any, keyed_server: Server) -> None:
+    """sessionStorage: the key survives a reload of its tab, and no other tab or browser profile
+    gets it."""
+    context = browser.new_context(viewport=VIEWPORT)
+    other_context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = open_page(context, keyed_server.base_url)
+        expect(key_dialog(page)).to_be_visible()
+        enter_key(page, KEY)
+        expect(key_dialog(page)).to_be_hidden()
+
+        with page.expect_response(lambda r: urlsplit(r.url).path == "/v1/documents") as reloaded:
+            page.reload()
+        assert reloaded.value.status == 200 and authorization(reloaded.value.request) == f"Bearer {KEY}"
+        expect(page.locator("#status")).to_have_text(re.compile(r"^ready"))
+        expect(key_dialog(page)).to_be_hidden()
+        assert session_values(page) == [KEY]
+        turn = ask(page, ARMENIA)
+        assert turn.locator("button.marker").count() >= 1
+
+        # Another tab of the same browser profile, and another profile: neither has the key.
+        for fresh in [open_page(c, keyed_server.base_url) for c in (context, other_context)]:
+            expect(key_dialog(fresh)).to_be_visible()
+            assert session_values(fresh) == []
+            assert [authorization(r) for r in api_requests(fresh)] == [None, None]
+            assert_key_kept_private(fresh)
+            assert fresh.errors == [] and fresh.dialogs == []
+        assert_key_kept_private(page)
+        assert page.errors == [] and page.dialogs == []
+    finally:
+        other_context.close()
+        context.close()
+
+
+def test_the_key_can_be_forgotten_and_a_key_the_service_refuses_is_not_kept(
+    keyed_page: Any, keyed_server: Server
+) -> None:
+    page = keyed_page
+    dialog = key_dialog(page)
+    enter_key(page, KEY)
+    expect(dialog).to_be_hidden()
+
+    # Forget it: the dialog offers to, and the tab no longer has it.
+    page.get_by_role("button", name="Change API key").click()
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("alert")).to_contain_text("This tab has an API key")
+    page.get_by_role("button", name="Forget the key").click()
+    expect(dialog.get_by_role("alert")).to_contain_text("forgotten")
+    expect(page.get_by_role("button", name="Forget the key")).to_be_hidden()
+    assert session_values(page) == []
+    page.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_role("button", name="Enter API key")).to_be_visible()
+
+    # Asking without a key: one 401, shown in the conversation; the dialog asks for the key and the
+    # question waits in its box to be asked again.
+    failed = ask(page, ARMENIA)
+    expect(failed).to_have_class(re.compile(r"\berror\b"))
+    expect(failed).to_contain_text("needs an API key")
+    expect(dialog).to_be_visible()
+    expect(page.get_by_label("Question")).to_have_value(ARMENIA)
+    enter_key(page, KEY)
+    expect(dialog).to_be_hidden()
+    answered = ask(page, ARMENIA).locator(".answer").text_content()
+    assert answered == api_ask(keyed_server, ARMENIA, headers=AUTH)["answer"]
+    asks = [r for r in page.requests if urlsplit(r.url).path == "/v1/ask"]
+    assert [(authorization(r), r.response().status) for r in asks] == [(None, 401), (f"Bearer {KEY}", 200)]
+
+    # A key the tab holds that the service no longer accepts (its keys were changed): at the next load
+    # the page says so, drops the key and asks again, with one request.
+    page.evaluate("([item, key]) => sessionStorage.setItem(item, key)", [KEY_ITEM, WRONG_KEY])
+    before = len(api_requests(page))
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/v1/documents") as reloaded:
+        page.reload()
+    assert reloaded.value.status == 401 and authorization(reloaded.value.request) == f"Bearer {WRONG_KEY}"
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("alert")).to_contain_text("not accepted")
+    assert session_values(page) == []
+    page.wait_for_timeout(1500)  # nothing is retried by itself
+    assert sorted(urlsplit(r.url).path for r in api_requests(page)[before:]) == ["/readyz", "/v1/documents"]
