@@ -230,4 +230,8 @@ class JobStatus(BaseModel):
     started: float | None = None
     finished: float | None = None
     report: dict[str, object] | None = Field(None, description="the indexer's report once done")
-    error: str | None = None
+    error: str | None = Field(
+        None,
+        description="why it failed (a job cut short by the service stopping says so; its change stays in "
+        "the corpus folder, for the next job or ragqa-index)",
+    )
