@@ -12,10 +12,11 @@ from fastapi.staticfiles import StaticFiles
 
 from service.access import route_access
 from service.config import ServiceSettings
+from service.docs import add_docs
 from service.errors import add_error_handlers
 from service.metrics import Metrics
 from service.middleware import MAX_BODY_BYTES, BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from service.routes import answers, documents, jobs, operations, page
+from service.routes import answers, chat, documents, jobs, operations, page
 from service.runtime import Runtime
 
 
@@ -37,6 +38,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="1",
         summary="Questions answered from your documents, with citations pinned to exact spans.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN: service/docs.py serves them offline
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
@@ -48,12 +51,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     add_error_handlers(app)
 
     app.include_router(answers.router)
+    app.include_router(chat.router)
     app.include_router(documents.read_router)
     app.include_router(documents.write_router)
     app.include_router(jobs.router)
     app.include_router(operations.router)
     app.mount("/static", StaticFiles(directory=str(page.STATIC)), name="static")
     app.include_router(page.router)
+
+    add_docs(app)  # GET /docs (Swagger UI) and /redoc (ReDoc), with their assets
 
     route_access(app)  # refuses to build an app with a route that is neither keyed nor public
     return app
