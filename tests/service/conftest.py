@@ -129,6 +129,32 @@ class Server:
         return request_counts(self.client.get("/metrics").text)
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, which .ci/run installs
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium under Playwright, headless, without its background traffic (the browser tests'
+    pages talk to nothing but the server under test)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll `condition` until it holds; the seconds that took, or an AssertionError naming `what`."""
     started = time.monotonic()

@@ -19,17 +19,18 @@ from playwright.sync_api import expect
 
 from tests.service.conftest import (
     AUTH,
+    CHROMIUM,
     CORPUS,
     KEY,
     STOLTENBERG,
     Server,
+    chromium,
     index,
     start_server,
     stop_server,
     write_extra_documents,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARMENIA = "Why did Armenia freeze CSTO membership?"
 OFF_TOPIC = "What is the boiling point of mercury in Kelvin?"
 BEES = "How many eggs does a queen bee lay in a day?"
@@ -90,23 +91,8 @@ def keyed_server(page_store: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-            ],
-        )
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def open_page(context: Any, base_url: str) -> Any:

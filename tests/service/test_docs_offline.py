@@ -32,9 +32,8 @@ from service.access import route_access
 from service.app import create_app
 from service.config import ServiceSettings
 from service.docs import NO_IMAGE, REDOC_LOGO
-from tests.service.conftest import Server
+from tests.service.conftest import CHROMIUM, Server, chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists() and not os.environ.get("CI"),
     reason="needs Debian's chromium (apt-get install chromium); CI installs it and runs this",
@@ -170,23 +169,8 @@ class Visit:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-            ],
-        )
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @contextmanager
