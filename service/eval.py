@@ -344,6 +344,7 @@ def compute(outcomes: list[Outcome], documents: dict[str, str | None]) -> dict[s
 
     with_answers = [o for o in answerable if o.question and o.question.answers and o.ask]
     answer_hits = sum(1 for o in with_answers if _answer_hit(o))
+    lengths = [answer_words(o.ask["answer"]) for o in answerable if o.ask and not o.ask["abstained"]]
 
     citations = [c for a in asks for c in a["citations"]]
     exact = sum(
@@ -358,6 +359,9 @@ def compute(outcomes: list[Outcome], documents: dict[str, str | None]) -> dict[s
         "retrieval": {**recall, "mrr@10": round(reciprocal / len(answerable), 4) if answerable else None},
         "answers": {
             "answer_hit_rate": ratio(answer_hits, len(with_answers)),
+            # over the answers given to answerable questions (abstentions left out): a gain in hits
+            # must not be just a longer answer
+            "mean_answer_words": round(sum(lengths) / len(lengths), 1) if lengths else None,
             "abstained_on_answerable": ratio(
                 sum(1 for o in answerable if o.ask and o.ask["abstained"]), len(answerable)
             ),
@@ -393,6 +397,11 @@ def compute(outcomes: list[Outcome], documents: dict[str, str | None]) -> dict[s
         "confidences_reported": len(confidences),
         "errors": len(outcomes) - len(done),
     }
+
+
+def answer_words(answer: str) -> int:
+    """An answer's length in words, its [n] markers left out."""
+    return len(MARKER.sub(" ", answer).split())
 
 
 def _answer_hit(outcome: Outcome) -> bool:
@@ -452,6 +461,7 @@ def render(result: dict[str, Any]) -> str:
         ("recall@1 / @5 / @10", " / ".join(_fmt(r[f"recall@{k}"]) for k in (1, 5, 10))),
         ("MRR@10", _fmt(r["mrr@10"])),
         ("answer hit rate", _fmt(a["answer_hit_rate"])),
+        ("mean answer length (words, markers excluded)", _fmt(a.get("mean_answer_words"))),
         ("abstained on answerable", _fmt(a["abstained_on_answerable"])),
         ("citation exactness", f"{_fmt(a['citation_exactness'])}  ({a['citations']} citations)"),
         ("marker/citation consistency", f"{_fmt(a['marker_consistency'])}  ({a['asks']} answers)"),

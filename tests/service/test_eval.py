@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,12 @@ def test_eval_reports_every_figure_in_range(tmp_path: Path) -> None:
         value = result["figures"][group][name]
         assert value is not None and 0.0 <= value <= 1.0, (group, name, value)
     assert result["figures"]["answers"]["citation_exactness"] == 1.0
+    # the mean length of the answers given to answerable questions, in words without their [n] markers
+    records = json.loads((tmp_path / "var" / "eval" / "results" / "tiny-all-0.json").read_text())["questions"]
+    given = [r["answer"] for r in records if r["kind"] == "answerable" and r.get("abstained") is False]
+    assert given and any("[1]" in answer for answer in given)
+    lengths = [len(re.sub(r"\[\d+\]", " ", answer).split()) for answer in given]
+    assert result["figures"]["answers"]["mean_answer_words"] == round(sum(lengths) / len(lengths), 1)
     for part in ("unanswerable_from_corpus", "off_corpus_synthetic", "combined"):
         figures = result["figures"]["abstention"][part]
         assert figures["recall"] is not None and 0.0 <= figures["recall"] <= 1.0
