@@ -55,15 +55,15 @@ def default_cache() -> Path:
     return Path(root) / "ragqa" / "onnx"
 
 
-def export_key(embedder: Embedder) -> str:
-    """A key of the model's weights (Embedder.weights_digest), its modules, this export's version and
-    the versions of torch, onnx, onnxruntime, sentence-transformers and transformers: it changes when
-    any of them does."""
+def export_key(embedder: Embedder, weights: str | None = None) -> str:
+    """A key of the model's weights (Embedder.weights_digest, or `weights` when the caller has it), its
+    modules, this export's version and the versions of torch, onnx, onnxruntime, sentence-transformers
+    and transformers: it changes when any of them does."""
     digest = hashlib.sha256()
     for library in ("torch", "onnx", "onnxruntime", "sentence-transformers", "transformers"):
         digest.update(f"{library}={importlib.metadata.version(library)};".encode())
     digest.update(f"export={EXPORT_VERSION};opset={OPSET};modules={list(embedder.model)!r};".encode())
-    digest.update(embedder.weights_digest().encode())
+    digest.update((weights or embedder.weights_digest()).encode())
     return digest.hexdigest()[:32]
 
 
@@ -205,9 +205,9 @@ def _features(embedder: Embedder, texts: list[str]) -> dict[str, np.ndarray]:
 class OnnxEncoder:
     """`encode_short` of the Embedder it was exported from, on ONNX Runtime (normalised float32 rows).
 
-    One session, `threads` intra-op threads (default: every core). Measured on 2 cores (300 NQ
-    questions, /tmp script in the issue-13 note): 1 thread 3.62 ms a question alone and 2.05 ms a
-    question in batches of 16; 2 threads 2.24 and 1.14 ms."""
+    One session, `threads` intra-op threads (default: every core). Measured on 2 cores (an Intel Xeon,
+    the fused export, 300 questions; the issue-13 note): 1 thread 2.43 ms a question alone and 2.71 ms
+    a question in batches of 16; 2 threads 1.47 and 1.41 ms."""
 
     def __init__(self, embedder: Embedder, path: Path, threads: int | None = None) -> None:
         import onnxruntime
@@ -232,14 +232,15 @@ class OnnxEncoder:
 
 
 def load_onnx_encoder(
-    embedder: Embedder, cache: Path | None = None, threads: int | None = None
+    embedder: Embedder, cache: Path | None = None, threads: int | None = None, weights: str | None = None
 ) -> OnnxEncoder:
     """The ONNX encoder of `embedder`'s model: exported into `cache` (default_cache()) on first use, then
-    reused; checked against `embedder` on CHECK_TEXTS (OnnxMismatchError below MIN_COSINE)."""
+    reused; checked against `embedder` on CHECK_TEXTS (OnnxMismatchError below MIN_COSINE). `weights`:
+    the model's weights_digest, when the caller has computed it already."""
     from filelock import FileLock
 
     folder = cache or default_cache()
-    path = folder / f"{export_key(embedder)}.onnx"
+    path = folder / f"{export_key(embedder, weights)}.onnx"
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.is_file():

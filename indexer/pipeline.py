@@ -177,7 +177,8 @@ def _index(
     sg.collect_garbage(store, [commit] + ([previous] if previous is not None else []))
     if removed:  # forget the vectors of chunks no segment holds any more
         live_now = sg.LiveStore.open(store)
-        builder.cache.keep_only(st.cache_key(live_now.manifest.model), live_now.chunk_hashes())
+        model = live_now.manifest.model
+        builder.cache.keep_only(st.cache_key(model.name, model.weights), live_now.chunk_hashes())
 
     counts = commit.manifest.counts
     report = IndexReport(
@@ -446,7 +447,7 @@ class _VersionBuilder:
         self, chunks: list[st.ChunkRecord], texts: list[str], dimension: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every chunk's vector and its sentences' vectors: from the cache, or embedded now."""
-        model = st.cache_key(st.ModelSpec(self.settings.model, dimension, 0, weights=self.weights))
+        model = st.cache_key(self.settings.model, self.weights)
         known = self.cache.get_many(model, (c.hash for c in chunks), dimension)
         missing: dict[str, tuple[str, list[st.Span]]] = {}
         for chunk, text in zip(chunks, texts, strict=True):

@@ -538,10 +538,10 @@ def check_model(store: Path, manifest: Manifest, model_name: str) -> None:
         )
 
 
-def cache_key(model: ModelSpec) -> str:
+def cache_key(name: str, weights: str) -> str:
     """The embedding cache's key of a model's vectors: its name and weights digest (the name alone for
     a version that records no digest, as the cache was keyed before)."""
-    return f"{model.name}@{model.weights}" if model.weights else model.name
+    return f"{name}@{weights}" if weights else name
 
 
 def check_weights(store: str | Path, model: ModelSpec, weights: str) -> None:

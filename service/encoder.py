@@ -33,7 +33,9 @@ class QuestionEncoder(Protocol):
         ...
 
 
-def question_encoder(embedder: Embedder, backend: str, cache: Path | None = None) -> QuestionEncoder:
+def question_encoder(
+    embedder: Embedder, backend: str, cache: Path | None = None, weights: str | None = None
+) -> QuestionEncoder:
     """What encodes the questions: `embedder`'s model on ONNX Runtime (indexer.onnx_encoder) for
     backend "onnx", checked against PyTorch, or `embedder` itself ("torch"). An ONNX encoder that
     cannot be had (onnxruntime missing, the export failing, or its vectors not PyTorch's) is not
@@ -42,7 +44,7 @@ def question_encoder(embedder: Embedder, backend: str, cache: Path | None = None
         try:
             from indexer.onnx_encoder import load_onnx_encoder
 
-            encoder = load_onnx_encoder(embedder, cache)
+            encoder = load_onnx_encoder(embedder, cache, weights=weights)
         except Exception as exc:
             log.error(
                 "encoder.onnx_unavailable", extra={"error": f"{type(exc).__name__}: {exc}", "using": "torch"}

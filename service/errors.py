@@ -41,7 +41,7 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": OpenAIError, "description": "request body too large"},
     503: {"model": OpenAIError, "description": "no index loaded yet, or the store does not answer"},
 }
-OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error"}
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error"}
 OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large", 503: "not_ready"}
 
 

@@ -84,8 +84,7 @@ class IndexHolder:
             return False
         except Exception as exc:  # keep serving what we have; say why on /readyz and in the log
             self._available()
-            self.last_error = f"could not load index version {version_id}: {exc}"
-            log.error("index.load_failed", extra={"version": version_id, "error": str(exc)})
+            self._refused(version_id, exc)
             return False
         self._current = index
         self._available()
@@ -105,8 +104,12 @@ class IndexHolder:
             st.check_weights(self.store, index.model, weights)
         except st.ModelMismatchError as exc:
             self._current = None
-            self.last_error = f"could not load index version {index.version_id}: {exc}"
-            log.error("index.load_failed", extra={"version": index.version_id, "error": str(exc)})
+            self._refused(index.version_id, exc)
+
+    def _refused(self, version_id: str, exc: Exception) -> None:
+        """A version that cannot be served: why, on /readyz and in the log."""
+        self.last_error = f"could not load index version {version_id}: {exc}"
+        log.error("index.load_failed", extra={"version": version_id, "error": str(exc)})
 
     def _unavailable(self, exc: Exception) -> None:
         if self.unavailable is None:

@@ -165,6 +165,15 @@ class QAService:
         return blended.astype(np.float32), lexical
 
 
+async def final_answer(events: AsyncIterator[tuple[str, Any]]) -> AskResponse:
+    """The whole answer: the `done` event of `answer_events` (the events before it passed over)."""
+    async for name, data in events:
+        if name == "done":
+            response: AskResponse = data
+            return response
+    raise AssertionError("an answer ends with its done event")
+
+
 def passages_of(index: LoadedIndex, hits: list[Hit]) -> list[Passage]:
     out = []
     for hit in hits:

@@ -43,14 +43,15 @@ class Runtime:
         opening = threading.Thread(target=holder.refresh, name="ragqa-open-index", daemon=True)
         opening.start()
         embedder = load_embedder(settings.model, settings.batch_size)
-        questions = question_encoder(embedder, settings.question_encoder, settings.onnx_cache)
+        weights = embedder.weights_digest()  # 0.1 s: once, for the ONNX export's key and the holder
+        questions = question_encoder(embedder, settings.question_encoder, settings.onnx_cache, weights)
         encoder = BatchingEncoder(questions, settings.max_batch)
         # The model's first call costs seconds: make it before /readyz says ready, on the encoder's
         # own thread (the only thread that runs the model in the service).
         encoder.submit("warm up the model before the first question").result()
         reranker = load_reranker(settings.reranker) if settings.reranker else None
         opening.join()
-        holder.require_weights(embedder.weights_digest())
+        holder.require_weights(weights)
         qa = QAService(settings, holder, encoder, Retriever(settings, reranker))
         return cls(settings, metrics, holder, encoder, qa, Jobs(settings))
 

@@ -32,8 +32,8 @@ from service.config import ServiceSettings
 from service.deps import MetricsDep, QADep, SettingsDep
 from service.errors import OPENAI_ERRORS, openai_error
 from service.metrics import Metrics
-from service.qa import QAService
-from service.schemas import AskRequest, AskResponse
+from service.qa import QAService, final_answer
+from service.schemas import AskRequest
 
 log = logging.getLogger("ragqa.service")
 router = APIRouter(dependencies=[Depends(read_access)])
@@ -104,7 +104,7 @@ async def chat_completions(
         stream = _chunks(events, qa, ask, name, created, body.model, usage, metrics)
         headers = {"Cache-Control": "no-cache"}
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-    answer = await _done(events)
+    answer = await final_answer(events)
     metrics.observe_answer(answer)
     return ChatCompletion(
         id=name,
@@ -115,14 +115,6 @@ async def chat_completions(
         system_fingerprint=answer.index_version,
         ragqa=extension(answer),
     )
-
-
-async def _done(events: AsyncIterator[tuple[str, Any]]) -> AskResponse:
-    async for kind, data in events:
-        if kind == "done":
-            response: AskResponse = data
-            return response
-    raise AssertionError("an answer ends with its done event")
 
 
 def _usage(qa: QAService, ask: AskRequest, answer: str) -> Usage:

@@ -129,6 +129,15 @@ class Server:
         return request_counts(self.client.get("/metrics").text)
 
 
+def corpus_workdir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of its own with a copy of the default corpus (`corpus/`) and an empty `store/`: for a
+    server whose uploads and index jobs change them."""
+    root = tmp_path_factory.mktemp(name)
+    shutil.copytree(CORPUS, root / "corpus")
+    (root / "store").mkdir()
+    return root
+
+
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, which .ci/run installs
 
 

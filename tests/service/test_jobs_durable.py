@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -34,7 +33,16 @@ import pytest
 from service.config import ServiceSettings
 from service.processes import stop_process
 from service.writes import INTERRUPTED, JOBS_FILE, STOPPED, Job, Jobs, JobStore
-from tests.service.conftest import AUTH, CORPUS, KEY, Server, bare_app, start_server, stop_server, wait_until
+from tests.service.conftest import (
+    AUTH,
+    KEY,
+    Server,
+    bare_app,
+    corpus_workdir,
+    start_server,
+    stop_server,
+    wait_until,
+)
 from tests.service.test_lifecycle import RELOAD_WITHIN, wait_for_job
 
 OKAPI = "# Okapi\n\nThe okapi is a forest giraffe that lives in the Ituri rainforest of the Congo.\n"
@@ -146,10 +154,7 @@ def test_the_route_answers_a_record_an_earlier_service_wrote(tmp_path: Path) -> 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("durable-jobs")
-    shutil.copytree(CORPUS, root / "corpus")
-    (root / "store").mkdir()
-    return root
+    return corpus_workdir(tmp_path_factory, "durable-jobs")
 
 
 @contextmanager

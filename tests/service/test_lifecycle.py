@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,9 +27,9 @@ import pytest
 from tests.service.conftest import (
     ARMENIA,
     AUTH,
-    CORPUS,
     KEY,
     Server,
+    corpus_workdir,
     index,
     start_server,
     stop_server,
@@ -50,10 +49,7 @@ OKAPI = (
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("lifecycle")
-    shutil.copytree(CORPUS, root / "corpus")
-    (root / "store").mkdir()
-    return root
+    return corpus_workdir(tmp_path_factory, "lifecycle")
 
 
 @pytest.fixture(scope="module")
