@@ -17,7 +17,7 @@ import numpy as np
 from service.config import ServiceSettings
 from service.index import LoadedIndex
 from service.retrieval import Hit
-from service.text import asks_why, content_words, words
+from service.text import answer_kind, asks_why, content_words, states_kind, words
 
 ABSTENTION = "The indexed documents do not answer this question."
 LEXICAL_WEIGHT = 0.3
@@ -25,13 +25,14 @@ LEXICAL_WEIGHT = 0.3
 
 @dataclass(frozen=True)
 class AnswerPolicy:
-    """How an extractive answer is chosen: the RAGQA_ANSWER_* settings, RAGQA_FOLLOW_MARGIN and
-    RAGQA_ABSTAIN_BELOW (docs/abstention.md has the figures behind their defaults)."""
+    """How an extractive answer is chosen: the RAGQA_ANSWER_* settings, RAGQA_NEIGHBOUR_MARGIN and
+    RAGQA_ABSTAIN_BELOW (docs/answering.md and docs/abstention.md have the figures behind their
+    defaults)."""
 
     most_sentences: int  # the most sentences an answer joins
     abstain_below: float  # no answer when the best sentence scores below this
     margin: float  # other sentences within this of the best one join it
-    follow_margin: float  # the sentence right after the best one joins within this
+    neighbour_margin: float  # a sentence right before or after the best one joins within this
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> AnswerPolicy:
@@ -39,7 +40,7 @@ class AnswerPolicy:
             most_sentences=settings.answer_sentences,
             abstain_below=settings.abstain_below,
             margin=settings.answer_margin,
-            follow_margin=settings.follow_margin,
+            neighbour_margin=settings.neighbour_margin,
         )
 
 
@@ -97,12 +98,30 @@ def score_sentences(
     return sorted(best.values(), key=lambda s: (-s.score, s.passage_rank, s.start))
 
 
+def neighbours(index: LoadedIndex, best: Sentence, sentences: list[Sentence]) -> list[Sentence]:
+    """The candidates right before and right after `best` in its document (only white space between),
+    in the order of `sentences`."""
+    text = index.document(best.doc_id).text
+
+    def adjacent(s: Sentence) -> bool:
+        if s.doc_id != best.doc_id:
+            return False
+        if s.start >= best.end:
+            return not text[best.end : s.start].strip()
+        return s.end <= best.start and not text[s.end : best.start].strip()
+
+    return [s for s in sentences if adjacent(s)]
+
+
 def select(
-    index: LoadedIndex, sentences: list[Sentence], policy: AnswerPolicy, always_follow: bool = False
+    index: LoadedIndex, sentences: list[Sentence], policy: AnswerPolicy, question: str = ""
 ) -> list[Sentence]:
-    """The best sentence, the others nearly as good (within `policy.margin`), and the sentence right
-    after the best one when it is within `policy.follow_margin` (always, with `always_follow`, for a
-    why-question): it often completes the best one with a reason or a definition.
+    """The best sentence; one of its neighbours (the sentence right before or after it), the better
+    scoring one that joins; and the other sentences nearly as good as the best (within
+    `policy.margin`). A neighbour joins when it scores within `policy.neighbour_margin` of the best,
+    when the question asks for a year, a number or a name (`answer_kind`) that the best sentence does
+    not state and the neighbour does, and, for a why-question, the sentence after the best always
+    (it often gives the reason the best one restates).
     At most `policy.most_sentences` sentences, in reading order; none when the best is below
     `policy.abstain_below`."""
     threshold = policy.abstain_below
@@ -110,22 +129,26 @@ def select(
         return []
     best = sentences[0]
     text = index.document(best.doc_id).text
-    following = min(
-        (
-            s
-            for s in sentences
-            if s.doc_id == best.doc_id and s.start >= best.end and not text[best.end : s.start].strip()
-        ),
-        key=lambda s: s.start,
-        default=None,
-    )
+    kind = answer_kind(question)
+    near = neighbours(index, best, sentences)
+    if asks_why(question):  # the sentence after the best one comes first and always joins
+        near.sort(key=lambda s: s.start < best.start)
+
+    def joins(s: Sentence) -> bool:
+        if asks_why(question) and s.start >= best.end:
+            return True
+        if s.score >= max(threshold, best.score - policy.neighbour_margin):
+            return True
+        return (
+            kind is not None
+            and not states_kind(text[best.start : best.end], kind, question)
+            and states_kind(text[s.start : s.end], kind, question)
+        )
+
+    neighbour = next((s for s in near if joins(s)), None)
+    chosen = [best] if neighbour is None else [best, neighbour]
     floor = max(threshold, best.score - policy.margin)
-    chosen = [best]
-    if following is not None and (
-        always_follow or following.score >= max(threshold, best.score - policy.follow_margin)
-    ):
-        chosen.append(following)
-    chosen += [s for s in sentences[1:] if s.score >= floor and s is not following]
+    chosen += [s for s in sentences[1:] if s.score >= floor and s is not neighbour]
     return sorted(chosen[: policy.most_sentences], key=lambda s: (s.passage_rank, s.doc_id, s.start))
 
 
@@ -160,7 +183,7 @@ def answer(
     (idf over the index's chunks); an abstention when the best is below `policy.abstain_below`."""
     sentences = score_sentences(index, vector, question, hits, index.idf)
     best = sentences[0].score if sentences else -math.inf
-    chosen = select(index, sentences, policy, asks_why(question))
+    chosen = select(index, sentences, policy, question)
     if not chosen:
         return Answer(ABSTENTION, True, [], best)
     text, citations = compose(index, chosen)

@@ -29,10 +29,12 @@ class ServiceSettings(IndexSettings):
     rerank_depth: int = Field(20, ge=1, le=200, description="fused hits the cross-encoder scores")
 
     # answering
-    answer_passages: int = Field(3, ge=1, le=50, description="top passages whose sentences may answer")
+    answer_passages: int = Field(5, ge=1, le=50, description="top passages whose sentences may answer")
     answer_sentences: int = Field(2, ge=1, le=10, description="most sentences in an extractive answer")
-    answer_margin: float = Field(0.1, ge=0, description="other sentences within this of the best one join it")
-    follow_margin: float = Field(0.15, ge=0, description="the sentence after the best one joins within this")
+    answer_margin: float = Field(0.09, ge=0, description="other sentences within this of the best join it")
+    neighbour_margin: float = Field(
+        0.05, ge=0, description="a sentence right before or after the best one joins within this"
+    )
     abstain_below: float = Field(0.5, description="best sentence score below which the service abstains")
 
     # serving

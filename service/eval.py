@@ -252,6 +252,7 @@ class Outcome:
     ask: dict[str, Any] | None = None
     error: str | None = None
     search_first: bool = True  # answerable only: which of its two requests came first (and met a cold cache)
+    against: dict[str, Any] | None = None  # answerable only: the ask of the service given by --against
 
 
 def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -281,6 +282,19 @@ def run_one(client: httpx.Client, outcome: Outcome, search_k: int, ask_k: int) -
     except (httpx.HTTPError, RuntimeError, ValueError) as exc:
         outcome.error = str(exc) or type(exc).__name__
     return outcome
+
+
+def ask_against(url: str, outcomes: list[Outcome], pool: ThreadPoolExecutor) -> None:
+    """Ask the --against service each question (`top_k` 10, as this one); its answer in `against`."""
+    with httpx.Client(base_url=url.rstrip("/"), timeout=REQUEST_TIMEOUT) as client:
+
+        def ask(outcome: Outcome) -> None:
+            try:
+                outcome.against, _ = _post(client, "/v1/ask", {"question": outcome.text, "top_k": 10})
+            except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+                outcome.error = f"--against: {exc or type(exc).__name__}"
+
+        list(pool.map(ask, outcomes))
 
 
 def fetch_documents(client: httpx.Client, doc_ids: set[str], concurrency: int) -> dict[str, str | None]:
@@ -342,9 +356,7 @@ def compute(outcomes: list[Outcome], documents: dict[str, str | None]) -> dict[s
         rank = next((i for i, d in enumerate(o.doc_ranking[:10], 1) if d in o.question.gold), None)
         reciprocal += 1 / rank if rank else 0.0
 
-    with_answers = [o for o in answerable if o.question and o.question.answers and o.ask]
-    answer_hits = sum(1 for o in with_answers if _answer_hit(o))
-    lengths = [answer_words(o.ask["answer"]) for o in answerable if o.ask and not o.ask["abstained"]]
+    asked = [(o.question, o.ask) for o in answerable if o.question and o.ask]
 
     citations = [c for a in asks for c in a["citations"]]
     exact = sum(
@@ -358,13 +370,7 @@ def compute(outcomes: list[Outcome], documents: dict[str, str | None]) -> dict[s
     return {
         "retrieval": {**recall, "mrr@10": round(reciprocal / len(answerable), 4) if answerable else None},
         "answers": {
-            "answer_hit_rate": ratio(answer_hits, len(with_answers)),
-            # over the answers given to answerable questions (abstentions left out): a gain in hits
-            # must not be just a longer answer
-            "mean_answer_words": round(sum(lengths) / len(lengths), 1) if lengths else None,
-            "abstained_on_answerable": ratio(
-                sum(1 for o in answerable if o.ask and o.ask["abstained"]), len(answerable)
-            ),
+            **answer_figures(asked),
             "citation_exactness": ratio(exact, len(citations)),
             "citations": len(citations),
             "marker_consistency": ratio(consistent, len(asks)),
@@ -394,8 +400,45 @@ def compute(outcomes: list[Outcome], documents: dict[str, str | None]) -> dict[s
             ),
             "ask_after_search": percentiles([o.ask_ms for o in answerable if o.ask_ms and o.search_first]),
         },
+        "against": against_figures(answerable) if any(o.against for o in answerable) else None,
         "confidences_reported": len(confidences),
         "errors": len(outcomes) - len(done),
+    }
+
+
+def answer_figures(asked: list[tuple[Question, dict[str, Any]]], cut: int | None = None) -> dict[str, Any]:
+    """Answer hit, mean answer length in words (markers excluded) and the share abstained on, over
+    answerable questions and their asks; with `cut`, the hit of every answer cut to its first `cut`
+    words."""
+    with_answers = [(q, a) for q, a in asked if q.answers]
+    hits = sum(1 for q, a in with_answers if answer_hit(q, a, cut))
+    # over the answers given (abstentions left out): a gain in hits must not be just a longer answer
+    lengths = [answer_words(a["answer"]) for _, a in asked if not a["abstained"]]
+    return {
+        "answer_hit_rate": ratio(hits, len(with_answers)),
+        "mean_answer_words": round(sum(lengths) / len(lengths), 1) if lengths else None,
+        "abstained_on_answerable": ratio(sum(1 for _, a in asked if a["abstained"]), len(asked)),
+    }
+
+
+def against_figures(answerable: list[Outcome]) -> dict[str, Any]:
+    """This service's answers against those of the --against service on the questions both answered
+    (or abstained on): each one's figures, and both hit rates with every answer cut to the same number
+    of words, the smaller of the two mean lengths (rounded down): a gain that is only a longer answer
+    does not survive the cut."""
+    both = [o for o in answerable if o.question and o.ask and o.against]
+    ours = [(o.question, o.ask) for o in both if o.question and o.ask]
+    theirs = [(o.question, o.against) for o in both if o.question and o.against]
+    figures, other = answer_figures(ours), answer_figures(theirs)
+    means = [m for m in (figures["mean_answer_words"], other["mean_answer_words"]) if m is not None]
+    cut = int(min(means)) if means else 0
+    return {
+        "questions": len(both),
+        "this": figures,
+        "against": other,
+        "equal_length_words": cut,
+        "answer_hit_at_equal_length": answer_figures(ours, cut)["answer_hit_rate"],
+        "against_answer_hit_at_equal_length": answer_figures(theirs, cut)["answer_hit_rate"],
     }
 
 
@@ -404,14 +447,15 @@ def answer_words(answer: str) -> int:
     return len(MARKER.sub(" ", answer).split())
 
 
-def _answer_hit(outcome: Outcome) -> bool:
-    """A gold answer string inside a non-abstained answer (case-insensitive); an abstention's
-    fixed message never counts."""
-    assert outcome.ask is not None and outcome.question is not None
-    if outcome.ask["abstained"]:
+def answer_hit(question: Question, ask: dict[str, Any], cut: int | None = None) -> bool:
+    """A gold answer string inside a non-abstained answer (its [n] markers left out; case and runs of
+    white space ignored); with `cut`, inside the answer's first `cut` words. An abstention's fixed
+    message never counts."""
+    if ask["abstained"]:
         return False
-    text = outcome.ask["answer"].casefold()
-    return any(a.casefold() in text for a in outcome.question.answers)
+    text = MARKER.sub(" ", ask["answer"]).split()
+    answer = " ".join(text if cut is None else text[:cut]).casefold()
+    return any(" ".join(a.split()).casefold() in answer for a in question.answers)
 
 
 def _markers_consistent(ask: dict[str, Any]) -> bool:
@@ -483,6 +527,23 @@ def render(result: dict[str, Any]) -> str:
                 f"{_ms(figures['p50'])} / {_ms(figures['p95'])}  (n={figures['n']})",
             )
         )
+    versus = f.get("against")
+    if versus:
+        this, other, cut = versus["this"], versus["against"], versus["equal_length_words"]
+        rows += [
+            (
+                f"against {result['against']}: hit / words / abstained",
+                f"{_fmt(other['answer_hit_rate'])} / {_fmt(other['mean_answer_words'])} / "
+                f"{_fmt(other['abstained_on_answerable'])}  (this: {_fmt(this['answer_hit_rate'])} / "
+                f"{_fmt(this['mean_answer_words'])} / {_fmt(this['abstained_on_answerable'])}, "
+                f"{versus['questions']} questions)",
+            ),
+            (
+                f"answer hit at equal length ({cut} words): this / against",
+                f"{_fmt(versus['answer_hit_at_equal_length'])} / "
+                f"{_fmt(versus['against_answer_hit_at_equal_length'])}",
+            ),
+        ]
     if f["errors"]:
         rows.append(("failed requests", str(f["errors"])))
     width = max(len(label) for label, _ in rows)
@@ -517,6 +578,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(docs/scale-out.md) is exported from that cache",
     )
     parser.add_argument("--url", help="ask a running service instead of starting one (no indexing)")
+    parser.add_argument(
+        "--against",
+        metavar="URL",
+        help="a running service to compare answers with (e.g. the previous release over the same store): "
+        "it is asked the same answerable questions, and both are reported at equal answer length",
+    )
     parser.add_argument(
         "--top-k", type=int, default=10, help="search depth; at least 10 is used (default 10)"
     )
@@ -562,6 +629,8 @@ def evaluate(args: argparse.Namespace, dataset: Dataset, url: str) -> dict[str, 
             ]
             list(pool.map(lambda text: client.post("/v1/ask", json={"question": text, "top_k": 10}), warmup))
             finished = list(pool.map(lambda o: run_one(client, o, search_k, 10), outcomes))
+            if args.against:
+                ask_against(args.against, [o for o in finished if o.kind == "answerable"], pool)
         cited = {c["doc_id"] for o in finished if o.ask for c in o.ask["citations"]}
         documents = fetch_documents(client, cited, args.concurrency)
     versions = sorted({o.ask["index_version"] for o in finished if o.ask})
@@ -572,6 +641,7 @@ def evaluate(args: argparse.Namespace, dataset: Dataset, url: str) -> dict[str, 
         "seed": args.seed,
         "concurrency": args.concurrency,
         "search_top_k": search_k,
+        "against": args.against,
         "ask_top_k": 10,
         "warmup_requests": WARMUP_REQUESTS,
         "available": {
@@ -601,7 +671,8 @@ def per_question(outcomes: list[Outcome]) -> list[dict[str, Any]]:
             if o.kind == "answerable":
                 rank = next((i for i, d in enumerate(o.doc_ranking, 1) if d in o.question.gold), None)
                 record.update(
-                    gold_rank=rank, answer_hit=bool(o.ask) and bool(o.question.answers) and _answer_hit(o)
+                    gold_rank=rank,
+                    answer_hit=o.ask is not None and answer_hit(o.question, o.ask),
                 )
         if o.ask is not None:
             record.update(
@@ -612,6 +683,8 @@ def per_question(outcomes: list[Outcome]) -> list[dict[str, Any]]:
                 search_ms=o.search_ms and round(o.search_ms, 1),
                 ask_ms=round(o.ask_ms or 0.0, 1),
             )
+        if o.against is not None:
+            record.update(against_answer=o.against["answer"], against_abstained=o.against["abstained"])
         records.append(record)
     return records
 

@@ -11,7 +11,7 @@ import pytest
 
 from service.answering import ABSTENTION, AnswerPolicy, Sentence, answer, compose, select
 from service.retrieval import Hit
-from service.text import asks_why
+from service.text import answer_kind, asks_why, states_kind
 
 if TYPE_CHECKING:
     from indexer.embedding import Embedder
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.unit
 
-POLICY = AnswerPolicy(most_sentences=3, abstain_below=0.5, margin=0.1, follow_margin=0.15)
+POLICY = AnswerPolicy(most_sentences=3, abstain_below=0.5, margin=0.1, neighbour_margin=0.15)
 
 
 def spans(index: LoadedIndex, doc_id: str) -> list[tuple[int, int]]:
@@ -84,24 +84,36 @@ def test_sentences_within_the_margin_join_the_best(
     assert set(select(small_index, candidates, wider)) == {best, close, outside}
 
 
-def test_the_sentence_after_the_best_joins_within_the_follow_margin(
+def test_a_neighbour_of_the_best_joins_within_the_neighbour_margin(
     small_index: LoadedIndex, light: list[Sentence]
 ) -> None:
-    """light[2] comes right after light[1]: it joins at 0.76 (within 0.15 of 0.9) though the margin
-    (0.1) would leave it out, and not at 0.74."""
+    """light[2] comes right after light[1], light[0] right before it: either joins at 0.76 (within 0.15
+    of 0.9) though the margin (0.1) would leave it out, and not at 0.74."""
     best = scored(light[1], 0.9)
-    assert select(small_index, best_first(best, scored(light[2], 0.76)), POLICY) == [
+    for neighbour in (light[2], light[0]):
+        assert select(small_index, best_first(best, scored(neighbour, 0.76)), POLICY) == sorted(
+            [best, scored(neighbour, 0.76)], key=lambda s: s.start
+        )
+        assert select(small_index, best_first(best, scored(neighbour, 0.74)), POLICY) == [best]
+    narrow = replace(POLICY, neighbour_margin=0.05)
+    assert select(small_index, best_first(best, scored(light[2], 0.76)), narrow) == [best]
+
+
+def test_only_the_better_neighbour_joins(small_index: LoadedIndex, light: list[Sentence]) -> None:
+    """Both neighbours within the neighbour margin: the better one joins, the other only by the margin."""
+    best, before, after = scored(light[2], 0.9), scored(light[1], 0.78), scored(light[3], 0.77)
+    assert select(small_index, best_first(best, before, after), POLICY) == [before, best]
+    assert select(small_index, best_first(best, scored(light[1], 0.76), scored(light[3], 0.8)), POLICY) == [
         best,
-        scored(light[2], 0.76),
+        scored(light[3], 0.8),
     ]
-    assert select(small_index, best_first(best, scored(light[2], 0.74)), POLICY) == [best]
-    no_follow = replace(POLICY, follow_margin=0.05)
-    assert select(small_index, best_first(best, scored(light[2], 0.76)), no_follow) == [best]
 
 
-def test_the_follow_sentence_is_the_very_next_one(small_index: LoadedIndex, light: list[Sentence]) -> None:
-    """light[3] is after light[1] but light[2] stands between them: it is no follow sentence. Across a
-    paragraph break (white space only) the next sentence still follows: light[5] after light[4]."""
+def test_a_neighbour_is_the_very_next_or_previous_sentence(
+    small_index: LoadedIndex, light: list[Sentence]
+) -> None:
+    """light[3] is after light[1] but light[2] stands between them: it is no neighbour. Across a
+    paragraph break (white space only) the next sentence still is one: light[5] after light[4]."""
     best = scored(light[1], 0.9)
     assert select(small_index, best_first(best, scored(light[3], 0.76)), POLICY) == [best]
     last = scored(light[4], 0.9)
@@ -111,14 +123,84 @@ def test_the_follow_sentence_is_the_very_next_one(small_index: LoadedIndex, ligh
     ]
 
 
-def test_a_why_question_always_takes_the_follow_sentence(
+BRIDGE = (
+    "# The bridge\n\nThe old bridge crosses the river in the middle of the town. It was opened in 1889. "
+    "Its stone arches still carry the road. The new footbridge beside it was designed by Anna Weber. "
+    "The footbridge is 120 metres long.\n"
+)
+
+
+@pytest.fixture(scope="module")
+def bridge(
+    tmp_path_factory: pytest.TempPathFactory, embedder: Embedder
+) -> tuple[LoadedIndex, list[Sentence]]:
+    """A document whose sentences state a year, a name and a number, indexed as the service reads it;
+    its five body sentences, scored 0 and from passage 0."""
+    from indexer.config import IndexSettings
+    from indexer.pipeline import run_index
+    from service.index import LoadedIndex
+
+    root = tmp_path_factory.mktemp("bridge")
+    (root / "docs").mkdir()
+    (root / "docs" / "bridge.md").write_text(BRIDGE, encoding="utf-8")
+    assert run_index([root / "docs"], IndexSettings(store=root / "store")).documents == 1
+    index = LoadedIndex.load(root / "store", embedder.name)
+    found = spans(index, "bridge.md")[1:]  # the heading left out
+    assert len(found) == 5, found
+    return index, [Sentence("bridge.md", start, end, 0.0, 0) for start, end in found]
+
+
+@pytest.mark.parametrize(
+    ("question", "stated_by"),
+    [
+        ("When was the old bridge opened?", 1),
+        ("Who designed the footbridge beside the old bridge?", 3),
+        ("How long is the footbridge?", 4),
+    ],
+)
+def test_a_neighbour_that_states_what_the_question_asks_for_joins(
+    bridge: tuple[LoadedIndex, list[Sentence]], question: str, stated_by: int
+) -> None:
+    """Far below the neighbour margin, a neighbour joins when the question asks for a year, a name or
+    a number that the best sentence does not state and the neighbour does; for another question, or
+    when the best sentence states one itself, it does not."""
+    index, sentences = bridge
+    best = scored(sentences[stated_by - 1], 0.9)
+    neighbour = scored(sentences[stated_by], 0.3)
+    candidates = best_first(best, neighbour)
+    assert select(index, candidates, POLICY, question) == [best, neighbour]
+    assert select(index, candidates, POLICY, "Tell me about the bridges of the town.") == [best]
+    stating = scored(neighbour, 0.9)
+    assert select(index, best_first(stating, scored(best, 0.2)), POLICY, question) == [stating]
+
+
+def test_answer_kinds() -> None:
+    assert [answer_kind(q) for q in ("When did it open?", "In what year was it built?")] == ["year", "year"]
+    assert [answer_kind(q) for q in ("How many arches has it?", "What percentage of trade?")] == [
+        "number",
+        "number",
+    ]
+    assert [answer_kind(q) for q in ("Who built it?", "Where is the bridge?")] == ["name", "name"]
+    assert answer_kind("Why did Armenia freeze CSTO membership?") is None
+    question = "When did the 1889 bridge open?"
+    assert not states_kind("The 1889 bridge opened late.", "year", question)  # the question names it
+    assert states_kind("It opened in 1890.", "year", question)
+    assert not states_kind("Weber designed it.", "name", "Who designed it?")  # a sentence's first word
+    assert states_kind("It was designed by Weber.", "name", "Who designed it?")
+    assert states_kind("It is three metres wide.", "number", "How wide is it?")
+
+
+def test_a_why_question_always_takes_the_next_sentence(
     small_index: LoadedIndex, light: list[Sentence]
 ) -> None:
-    """Even far below the threshold: after a sentence that restates a why-question comes the reason."""
-    best, weak = scored(light[1], 0.9), scored(light[2], 0.2)
-    assert select(small_index, best_first(best, weak), POLICY) == [best]
-    assert select(small_index, best_first(best, weak), POLICY, always_follow=True) == [best, weak]
-    assert asks_why("Why did Armenia freeze CSTO membership?")
+    """Even far below the threshold, and before a better previous one: after a sentence that restates a
+    why-question comes the reason."""
+    best, before, weak = scored(light[2], 0.9), scored(light[1], 0.8), scored(light[3], 0.2)
+    why = "Why did the keepers live beside the tower?"
+    two = replace(POLICY, most_sentences=2)
+    assert asks_why(why)
+    assert select(small_index, best_first(best, before, weak), two) == [before, best]
+    assert select(small_index, best_first(best, before, weak), two, why) == [best, weak]
     assert not asks_why("Who tended the lamp?")
 
 
