@@ -148,8 +148,17 @@ def select(
     neighbour = next((s for s in near if joins(s)), None)
     chosen = [best] if neighbour is None else [best, neighbour]
     floor = max(threshold, best.score - policy.margin)
-    chosen += [s for s in sentences[1:] if s.score >= floor and s is not neighbour]
+    said = {_words_of(index, s) for s in chosen}
+    for s in sentences[1:]:
+        if s.score >= floor and _words_of(index, s) not in said:  # a sentence said twice is said once
+            chosen.append(s)
+            said.add(_words_of(index, s))
     return sorted(chosen[: policy.most_sentences], key=lambda s: (s.passage_rank, s.doc_id, s.start))
+
+
+def _words_of(index: LoadedIndex, sentence: Sentence) -> str:
+    """The sentence's text, case and runs of white space ignored: duplicated passages repeat it."""
+    return " ".join(index.document(sentence.doc_id).text[sentence.start : sentence.end].split()).casefold()
 
 
 def compose(index: LoadedIndex, chosen: list[Sentence]) -> tuple[str, list[CitedSpan]]:

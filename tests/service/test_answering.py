@@ -134,8 +134,8 @@ BRIDGE = (
 def bridge(
     tmp_path_factory: pytest.TempPathFactory, embedder: Embedder
 ) -> tuple[LoadedIndex, list[Sentence]]:
-    """A document whose sentences state a year, a name and a number, indexed as the service reads it;
-    its five body sentences, scored 0 and from passage 0."""
+    """A document whose sentences state a year, a name and a number, and a copy of it, indexed as the
+    service reads them; the document's five body sentences, scored 0 and from passage 0."""
     from indexer.config import IndexSettings
     from indexer.pipeline import run_index
     from service.index import LoadedIndex
@@ -143,7 +143,8 @@ def bridge(
     root = tmp_path_factory.mktemp("bridge")
     (root / "docs").mkdir()
     (root / "docs" / "bridge.md").write_text(BRIDGE, encoding="utf-8")
-    assert run_index([root / "docs"], IndexSettings(store=root / "store")).documents == 1
+    (root / "docs" / "copy.md").write_text(BRIDGE.replace("# The bridge", "# A copy"), encoding="utf-8")
+    assert run_index([root / "docs"], IndexSettings(store=root / "store")).documents == 2
     index = LoadedIndex.load(root / "store", embedder.name)
     found = spans(index, "bridge.md")[1:]  # the heading left out
     assert len(found) == 5, found
@@ -172,6 +173,27 @@ def test_a_neighbour_that_states_what_the_question_asks_for_joins(
     assert select(index, candidates, POLICY, "Tell me about the bridges of the town.") == [best]
     stating = scored(neighbour, 0.9)
     assert select(index, best_first(stating, scored(best, 0.2)), POLICY, question) == [stating]
+
+
+def test_a_sentence_said_twice_is_said_once(bridge: tuple[LoadedIndex, list[Sentence]]) -> None:
+    """The copy's sentence has the same words as the best one: it does not join, and the next best
+    within the margin takes its place."""
+    index, sentences = bridge
+    best = scored(sentences[2], 0.9)
+    copy = Sentence(
+        "copy.md",
+        *next(
+            span
+            for span in spans(index, "copy.md")
+            if index.document("copy.md").text[span[0] : span[1]]
+            == index.document("bridge.md").text[best.start : best.end]
+        ),
+        0.88,
+        1,
+    )
+    other = scored(sentences[0], 0.85)
+    two = replace(POLICY, most_sentences=2, neighbour_margin=0.0)
+    assert select(index, best_first(best, copy, other), two) == [other, best]
 
 
 def test_answer_kinds() -> None:

@@ -109,6 +109,69 @@ def test_eval_reports_every_figure_in_range(tmp_path: Path) -> None:
     assert result["figures"]["confidences_reported"] >= len(answered)
 
 
+def test_against_a_service_compares_at_equal_length(tmp_path: Path) -> None:
+    """`--against URL`: the same answerable questions asked of another running service. Here that is
+    the real service over the very store the evaluation serves, so both sides' figures must agree."""
+    from service.processes import running_service
+
+    dataset = tmp_path / "tiny"
+    write_dataset(dataset)
+    store = tmp_path / "store"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "service.eval", str(dataset), "--json", "--store", str(store)]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout.strip().splitlines()[-1])["figures"]["against"] is None
+    with running_service(store, env=env) as other:
+        done = subprocess.run(
+            [*command, "--against", other.url],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    versus = result["figures"]["against"]
+    assert result["against"] == other.url
+    assert versus["questions"] == len(QUESTIONS)
+    assert versus["this"] == versus["against"]
+    ours = result["figures"]["answers"]
+    assert versus["this"]["answer_hit_rate"] == ours["answer_hit_rate"]
+    assert versus["equal_length_words"] == int(ours["mean_answer_words"])
+    cut_hit = versus["answer_hit_at_equal_length"]
+    assert cut_hit == versus["against_answer_hit_at_equal_length"] <= ours["answer_hit_rate"]
+    assert "answer hit at equal length" in done.stdout
+
+
+def test_answer_hit_ignores_markers_and_white_space_and_can_cut() -> None:
+    from service.eval import Outcome, Question, against_figures, answer_hit
+
+    question = Question("q", "Who rules a colony?", ["a single\nqueen", "the Queen Bee"], False, ["bees#0"])
+    said = {"answer": "Bees live in colonies. [1] They are ruled by A  single queen. [2]", "abstained": False}
+    assert answer_hit(question, said)
+    assert not answer_hit(question, said, cut=8)  # "a single queen" are words 9 to 11
+    assert answer_hit(question, said, cut=11)
+    split = {"answer": "ruled by the Queen [1] Bee of the hive. [2]", "abstained": False}
+    assert answer_hit(question, split), "a marker between two cited runs splits no answer"
+    assert not answer_hit(question, {"answer": "a single queen", "abstained": True})
+
+    short = {"answer": "A single queen rules. [1]", "abstained": False}
+    long = {
+        "answer": "Bees live in colonies of thousands. [1] A single queen rules them. [2]",
+        "abstained": False,
+    }
+    figures = against_figures([Outcome(question, question.text, "answerable", ask=short, against=long)])
+    assert figures["this"]["mean_answer_words"] == 4 and figures["against"]["mean_answer_words"] == 11
+    assert figures["equal_length_words"] == 4
+    assert (figures["answer_hit_at_equal_length"], figures["against_answer_hit_at_equal_length"]) == (
+        1.0,
+        0.0,
+    )
+    assert figures["this"]["answer_hit_rate"] == figures["against"]["answer_hit_rate"] == 1.0
+
+
 def test_missing_dataset_exits_2_without_traceback(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "service.eval", str(tmp_path / "absent")],
