@@ -55,6 +55,7 @@ EVAL_DATA ?= ../shared/data/eval
 eval: setup
 	$(BIN)/ragqa-eval $(EVAL_DATA)/squad2-dev --sample 1000 --seed 0
 	$(BIN)/ragqa-eval $(EVAL_DATA)/nq-open-dev --sample 1000 --seed 0
+	$(BIN)/ragqa-eval $(EVAL_DATA)/covidqa --sample 1000 --seed 0
 
 bench: setup-test
 	$(BIN)/python -m bench.index_throughput

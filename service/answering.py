@@ -25,14 +25,12 @@ LEXICAL_WEIGHT = 0.3
 
 @dataclass(frozen=True)
 class AnswerPolicy:
-    """How an extractive answer is chosen: the RAGQA_ANSWER_* settings, RAGQA_NEIGHBOUR_MARGIN and
-    RAGQA_ABSTAIN_BELOW (docs/answering.md and docs/abstention.md have the figures behind their
-    defaults)."""
+    """How an extractive answer is chosen: the RAGQA_ANSWER_* settings and RAGQA_ABSTAIN_BELOW
+    (docs/answering.md and docs/abstention.md have the figures behind their defaults)."""
 
     most_sentences: int  # the most sentences an answer joins
     abstain_below: float  # no answer when the best sentence scores below this
     margin: float  # other sentences within this of the best one join it
-    neighbour_margin: float  # a sentence right before or after the best one joins within this
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> AnswerPolicy:
@@ -40,7 +38,6 @@ class AnswerPolicy:
             most_sentences=settings.answer_sentences,
             abstain_below=settings.abstain_below,
             margin=settings.answer_margin,
-            neighbour_margin=settings.neighbour_margin,
         )
 
 
@@ -116,16 +113,17 @@ def neighbours(index: LoadedIndex, best: Sentence, sentences: list[Sentence]) ->
 def select(
     index: LoadedIndex, sentences: list[Sentence], policy: AnswerPolicy, question: str = ""
 ) -> list[Sentence]:
-    """The best sentence; one of its neighbours (the sentence right before or after it), the better
-    scoring one that joins; and the other sentences nearly as good as the best (within
-    `policy.margin`). A neighbour joins when it scores within `policy.neighbour_margin` of the best,
-    when the question asks for a year, a number or a name (`answer_kind`) that the best sentence does
-    not state and the neighbour does, and, for a why-question, the sentence after the best always
-    (it often gives the reason the best one restates).
-    At most `policy.most_sentences` sentences, in reading order; none when the best is below
-    `policy.abstain_below`."""
+    """The best sentence; one of its neighbours (the sentence right before or after it) that says
+    what the best one does not; and the other sentences nearly as good as the best (within
+    `policy.margin`), each said once. A neighbour joins when the question asks for a year, a number or
+    a name (`answer_kind`) that the best sentence does not state and the neighbour does (the better
+    scoring neighbour, when both do); and, for a why-question, the sentence after the best always: it
+    often gives the reason the best one restates.
+    At most `policy.most_sentences` sentences, in reading order; none when every one scores below
+    `policy.abstain_below`. The best sentence is the first of `sentences`: the best scoring one, or
+    the one a reader pointed at (`answer`)."""
     threshold = policy.abstain_below
-    if not sentences or sentences[0].score < threshold:
+    if not sentences or max(s.score for s in sentences) < threshold:
         return []
     best = sentences[0]
     text = index.document(best.doc_id).text
@@ -136,8 +134,6 @@ def select(
 
     def joins(s: Sentence) -> bool:
         if asks_why(question) and s.start >= best.end:
-            return True
-        if s.score >= max(threshold, best.score - policy.neighbour_margin):
             return True
         return (
             kind is not None
@@ -186,12 +182,23 @@ def compose(index: LoadedIndex, chosen: list[Sentence]) -> tuple[str, list[Cited
 
 
 def answer(
-    index: LoadedIndex, vector: np.ndarray, question: str, hits: list[Hit], policy: AnswerPolicy
+    index: LoadedIndex,
+    vector: np.ndarray,
+    question: str,
+    hits: list[Hit],
+    policy: AnswerPolicy,
+    pointed: tuple[str, int] | None = None,
 ) -> Answer:
     """The answer from the sentences of `hits`, scored against `vector` and the question's words
-    (idf over the index's chunks); an abstention when the best is below `policy.abstain_below`."""
+    (idf over the index's chunks); an abstention when the best is below `policy.abstain_below`.
+    `pointed`: a reader's answer span (document id, character offset of its start): the sentence
+    holding it is the best sentence, whatever its score."""
     sentences = score_sentences(index, vector, question, hits, index.idf)
     best = sentences[0].score if sentences else -math.inf
+    if pointed is not None:
+        doc_id, offset = pointed
+        held = [s for s in sentences if s.doc_id == doc_id and s.start <= offset < s.end]
+        sentences = held[:1] + [s for s in sentences if s not in held[:1]]
     chosen = select(index, sentences, policy, question)
     if not chosen:
         return Answer(ABSTENTION, True, [], best)

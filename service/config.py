@@ -32,10 +32,11 @@ class ServiceSettings(IndexSettings):
     answer_passages: int = Field(5, ge=1, le=50, description="top passages whose sentences may answer")
     answer_sentences: int = Field(2, ge=1, le=10, description="most sentences in an extractive answer")
     answer_margin: float = Field(0.09, ge=0, description="other sentences within this of the best join it")
-    neighbour_margin: float = Field(
-        0.05, ge=0, description="a sentence right before or after the best one joins within this"
-    )
     abstain_below: float = Field(0.5, description="best sentence score below which the service abstains")
+    reader: str | None = Field(
+        None,
+        description="local folder of an extractive question-answering model that picks the answer sentence",
+    )
 
     # serving
     max_batch: int = Field(32, ge=1, le=256, description="questions encoded together by one model call")

@@ -7,6 +7,7 @@ words of the question itself."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from service.config import ServiceSettings
 from service.encoder import BatchingEncoder
 from service.holder import IndexHolder
 from service.index import LoadedIndex
+from service.reader import Reader
 from service.retrieval import Hit, Retriever
 from service.schemas import AskRequest, AskResponse, Citation, Passage, Turn, UnsupportedSentence
 
@@ -46,9 +48,15 @@ def _ms(since: float) -> float:
 
 class QAService:
     def __init__(
-        self, settings: ServiceSettings, holder: IndexHolder, encoder: BatchingEncoder, retriever: Retriever
+        self,
+        settings: ServiceSettings,
+        holder: IndexHolder,
+        encoder: BatchingEncoder,
+        retriever: Retriever,
+        reader: Reader | None = None,
     ) -> None:
         self.settings = settings
+        self.reader = reader
         self.holder = holder
         self.encoder = encoder
         self.retriever = retriever
@@ -80,7 +88,12 @@ class QAService:
         result = await self.search(question, depth, history, chunk_filter)
         started = time.perf_counter()
         hits = result.hits[: self.settings.answer_passages]
-        answer = answering.answer(result.index, result.vector, question, hits, self.answer_policy)
+        pointed = None
+        if self.reader is not None and hits:
+            pointed = await asyncio.to_thread(read, self.reader, result.index, question, hits)
+            result.timings_ms["read"] = _ms(started)
+            started = time.perf_counter()
+        answer = answering.answer(result.index, result.vector, question, hits, self.answer_policy, pointed)
         result.timings_ms["answer"] = _ms(started)
         return AskResult(result.index, result.hits, result.timings_ms, result.vector, answer)
 
@@ -163,6 +176,13 @@ class QAService:
         blended /= np.linalg.norm(blended) or 1.0
         lexical = f"{previous} {question}"
         return blended.astype(np.float32), lexical
+
+
+def read(reader: Reader, index: LoadedIndex, question: str, hits: list[Hit]) -> tuple[str, int] | None:
+    """Where the reader puts the answer: (document id, character offset of the span's start)."""
+    chunks = [index.chunk(hit.chunk_id) for hit in hits]
+    span = reader.read(question, [index.chunk_text(chunk.chunk_id) for chunk in chunks])
+    return None if span is None else (chunks[span.passage].doc_id, chunks[span.passage].start + span.start)
 
 
 async def final_answer(events: AsyncIterator[tuple[str, Any]]) -> AskResponse:

