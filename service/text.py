@@ -63,7 +63,7 @@ NAME = re.compile(r"\b[A-Z][\w'-]*")  # a capitalised word
 
 
 def answer_kind(question: str) -> str | None:
-    """ "year", "number" or "name" when the question's words ask for one; None otherwise."""
+    """The kind of answer the question's words ask for ("year", "number" or "name"), or None."""
     lowered = question.lower()
     return next((kind for kind, pattern in ANSWER_KINDS if pattern.search(lowered)), None)
 
