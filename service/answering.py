@@ -114,16 +114,17 @@ def select(
     index: LoadedIndex, sentences: list[Sentence], policy: AnswerPolicy, question: str = ""
 ) -> list[Sentence]:
     """The best sentence; one of its neighbours (the sentence right before or after it) that says
-    what the best one does not; and the other sentences nearly as good as the best (within
+    what the best one does not; and the other sentences nearly as good as the best scoring one (within
     `policy.margin`), each said once. A neighbour joins when the question asks for a year, a number or
     a name (`answer_kind`) that the best sentence does not state and the neighbour does (the better
     scoring neighbour, when both do); and, for a why-question, the sentence after the best always: it
     often gives the reason the best one restates.
     At most `policy.most_sentences` sentences, in reading order; none when every one scores below
     `policy.abstain_below`. The best sentence is the first of `sentences`: the best scoring one, or
-    the one a reader pointed at (`answer`)."""
+    the one a reader pointed at (`answer`), which the best scoring one may then join."""
     threshold = policy.abstain_below
-    if not sentences or max(s.score for s in sentences) < threshold:
+    top = max((s.score for s in sentences), default=-math.inf)
+    if top < threshold:
         return []
     best = sentences[0]
     text = index.document(best.doc_id).text
@@ -143,7 +144,7 @@ def select(
 
     neighbour = next((s for s in near if joins(s)), None)
     chosen = [best] if neighbour is None else [best, neighbour]
-    floor = max(threshold, best.score - policy.margin)
+    floor = max(threshold, top - policy.margin)
     said = {_words_of(index, s) for s in chosen}
     for s in sentences[1:]:
         if s.score >= floor and _words_of(index, s) not in said:  # a sentence said twice is said once
