@@ -57,6 +57,7 @@ def settings_compared(defaults: ServiceSettings) -> dict[str, tuple[int, answeri
     passages = defaults.answer_passages
     return {
         "defaults": (passages, policy),
+        "no question-type cue": (passages, replace(policy, question_kinds=False)),
         "3 passages": (3, policy),
         "1 sentence": (passages, replace(policy, most_sentences=1)),
         "margin 0.1": (passages, replace(policy, margin=0.1)),

@@ -31,6 +31,7 @@ class AnswerPolicy:
     most_sentences: int  # the most sentences an answer joins
     abstain_below: float  # no answer when the best sentence scores below this
     margin: float  # other sentences within this of the best one join it
+    question_kinds: bool = True  # a neighbour stating the year, number or name asked for joins
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> AnswerPolicy:
@@ -128,7 +129,7 @@ def select(
         return []
     best = sentences[0]
     text = index.document(best.doc_id).text
-    kind = answer_kind(question)
+    kind = answer_kind(question) if policy.question_kinds else None
     near = neighbours(index, best, sentences)
     if asks_why(question):  # the sentence after the best one comes first and always joins
         near.sort(key=lambda s: s.start < best.start)
