@@ -116,7 +116,7 @@ def bridge(
     ("question", "best", "joining"),
     [
         ("When was the old bridge opened?", 0, 1),  # a year
-        ("Who designed the footbridge?", 2, 3),  # a name: not light[1]'s "Its", a sentence's first word
+        ("Who designed the footbridge?", 2, 3),  # a name (Anna Weber; "Its" opens a sentence: none)
         ("How long is the footbridge?", 3, 4),  # a number, across a paragraph break
     ],
 )
