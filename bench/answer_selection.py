@@ -26,6 +26,7 @@ from bench.harness import (
     add_results_option,
     build_store,
     command_line,
+    eval_questions,
     machine,
     machine_summary,
     now,
@@ -36,8 +37,7 @@ from bench.harness import (
 )
 from service import answering
 from service.config import ServiceSettings
-from service.eval import Question, answer_hit, answer_words, default_store, off_corpus_questions, sample
-from service.eval import load_dataset as load_eval_set
+from service.eval import Question, answer_hit, answer_words, default_store, off_corpus_questions
 from service.retrieval import Hit, Retriever
 
 SETS = ("squad2-dev", "nq-open-dev", "covidqa")
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[str]] = {name: [] for name in compared}
     ceiling_row: list[str] = []
     for name in SETS:
-        dataset = load_eval_set(args.data / name, need_corpus=True)
-        answerable, _ = sample(dataset, args.sample, args.seed)
+        dataset, answerable = eval_questions(args.data / name, args.sample, args.seed)
         store = default_store(dataset)
         build_store([dataset.corpus], store)
         index = LoadedIndex.load(store, defaults.model)
@@ -147,11 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         vectors = embedder.encode(texts)
         depth = max(p for p, _ in compared.values())
         asked = [
-            Asked(answerable[i] if i < len(answerable) else None, text, vector, [])
+            Asked(
+                answerable[i] if i < len(answerable) else None,
+                text,
+                vector,
+                retriever.search(index, vector, text, depth),
+            )
             for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
         ]
-        for a in asked:
-            a.hits = retriever.search(index, a.vector, a.text, depth)
         figures = {label: measure(index, asked, p, policy) for label, (p, policy) in compared.items()}
         bounds = ceilings(index, asked, defaults.answer_passages)
         result["sets"][name] = {"settings": figures, "ceilings": bounds, "questions": len(answerable)}

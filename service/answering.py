@@ -129,28 +129,30 @@ def select(
         return []
     best = sentences[0]
     text = index.document(best.doc_id).text
+    why = asks_why(question)
     kind = answer_kind(question) if policy.question_kinds else None
+    if kind is not None and states_kind(text[best.start : best.end], kind, question):
+        kind = None  # the best sentence states what was asked for: no neighbour joins for it
     near = neighbours(index, best, sentences)
-    if asks_why(question):  # the sentence after the best one comes first and always joins
+    if why:  # the sentence after the best one comes first and always joins
         near.sort(key=lambda s: s.start < best.start)
 
     def joins(s: Sentence) -> bool:
-        if asks_why(question) and s.start >= best.end:
+        if why and s.start >= best.end:
             return True
-        return (
-            kind is not None
-            and not states_kind(text[best.start : best.end], kind, question)
-            and states_kind(text[s.start : s.end], kind, question)
-        )
+        return kind is not None and states_kind(text[s.start : s.end], kind, question)
 
     neighbour = next((s for s in near if joins(s)), None)
     chosen = [best] if neighbour is None else [best, neighbour]
     floor = max(threshold, top - policy.margin)
     said = {_words_of(index, s) for s in chosen}
-    for s in sentences[1:]:
-        if s.score >= floor and _words_of(index, s) not in said:  # a sentence said twice is said once
+    for s in sentences[1:]:  # best first: the rest by score
+        if len(chosen) >= policy.most_sentences or s.score < floor:
+            break
+        words = _words_of(index, s)
+        if words not in said:  # a sentence said twice is said once
             chosen.append(s)
-            said.add(_words_of(index, s))
+            said.add(words)
     return sorted(chosen[: policy.most_sentences], key=lambda s: (s.passage_rank, s.doc_id, s.start))
 
 

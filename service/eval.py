@@ -426,9 +426,9 @@ def against_figures(answerable: list[Outcome]) -> dict[str, Any]:
     (or abstained on): each one's figures, and both hit rates with every answer cut to the same number
     of words, the smaller of the two mean lengths (rounded down): a gain that is only a longer answer
     does not survive the cut."""
-    both = [o for o in answerable if o.question and o.ask and o.against]
-    ours = [(o.question, o.ask) for o in both if o.question and o.ask]
-    theirs = [(o.question, o.against) for o in both if o.question and o.against]
+    both = [(o.question, o.ask, o.against) for o in answerable if o.question and o.ask and o.against]
+    ours = [(question, ask) for question, ask, _ in both]
+    theirs = [(question, against) for question, _, against in both]
     figures, other = answer_figures(ours), answer_figures(theirs)
     means = [m for m in (figures["mean_answer_words"], other["mean_answer_words"]) if m is not None]
     cut = int(min(means)) if means else 0

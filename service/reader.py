@@ -29,10 +29,8 @@ class Span:
 
 class Reader:
     def __init__(self, folder: str) -> None:
-        import torch
         from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-        self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         if not self.tokenizer.is_fast:
             raise ValueError(f"the reader at {folder} needs a fast tokenizer (tokenizer.json): offsets")
@@ -41,6 +39,8 @@ class Reader:
 
     def read(self, question: str, passages: list[str]) -> Span | None:
         """The best answer span over all the passages (each cut to the model's window), or None."""
+        import torch
+
         if not passages:
             return None
         encoded = self.tokenizer(
@@ -53,7 +53,7 @@ class Reader:
             return_tensors="pt",
         )
         offsets = encoded.pop("offset_mapping").numpy()
-        with self.torch.inference_mode():
+        with torch.inference_mode():
             output = self.model(**encoded)
         starts, ends = output.start_logits.float().numpy(), output.end_logits.float().numpy()
         best: Span | None = None
